@@ -1,0 +1,263 @@
+//! ACPI tables: RSDP → XSDT → {FADT → DSDT, MADT}.
+//!
+//! The platform is "hardware reduced": no PM1 blocks, no SCI. Power-off and
+//! reset go through the sleep control and reset registers, both one I/O port
+//! (`layout::ACPI_PM_PORT`, emulated by `devices::acpi_pm`). The DSDT
+//! describes the PCI host bridge with its windows, COM1 and `_S5`.
+
+use acpi_tables::Aml;
+use acpi_tables::aml::{
+    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
+    ResourceTemplate, Scope, IO,
+};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout;
+use crate::devices::acpi_pm::{S5_SLEEP_TYPE, RESET_VALUE};
+
+const OEM_ID: [u8; 6] = *b"VFLNCH";
+const OEM_REVISION: u32 = 1;
+/// FADT "hypervisor vendor identity".
+const HYPERVISOR_VENDOR: u64 = u64::from_le_bytes(*b"VFLAUNCH");
+/// IA-PC boot architecture flags: VGA not present (bit 2), CMOS RTC not present (bit 5).
+const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 5);
+
+/// Errors writing ACPI tables.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// The tables do not fit in the BIOS area.
+    #[error("ACPI tables ({0} bytes) overflow the BIOS area")]
+    TooBig(u64),
+    /// Writing guest memory failed.
+    #[error("Cannot write ACPI tables to guest memory")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// The PCI windows the host bridge decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciWindows {
+    /// 32-bit window (start, size).
+    pub mmio32: (u64, u64),
+    /// 64-bit window (start, size).
+    pub mmio64: (u64, u64),
+}
+
+fn aml_bytes(a: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    a.to_aml_bytes(&mut v);
+    v
+}
+
+/// The DSDT body (AML).
+pub fn dsdt_aml(pci: PciWindows) -> Vec<u8> {
+    let (m32, m32_size) = pci.mmio32;
+    let (m64, m64_size) = pci.mmio64;
+    let bus = AddressSpace::new_bus_number(0u16, 0u16);
+    let cfg_ports = IO::new(layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT, 1, 8);
+    let io_low = AddressSpace::new_io(0u16, layout::PCI_CONFIG_PORT - 1, None);
+    let io_high = AddressSpace::new_io(0xd00u16, 0xffffu16, None);
+    let mem32 = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        m32 as u32,
+        (m32 + m32_size - 1) as u32,
+        None,
+    );
+    let mem64 = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        m64,
+        m64 + m64_size - 1,
+        None,
+    );
+    let pci_crs = ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mem32, &mem64]);
+    let pci_hid = EISAName::new("PNP0A03");
+    let pci_names = [
+        Name::new("_HID".into(), &pci_hid),
+        Name::new("_ADR".into(), &aml::ZERO),
+        Name::new("_SEG".into(), &aml::ZERO),
+        Name::new("_UID".into(), &aml::ZERO),
+        Name::new("_BBN".into(), &aml::ZERO),
+        Name::new("_CRS".into(), &pci_crs),
+    ];
+    let pci0 = Device::new("PCI0".into(), pci_names.iter().map(|n| n as &dyn Aml).collect());
+
+    let com1_irq = Interrupt::new(true, true, false, false, layout::SERIAL_IRQ);
+    let com1_io = IO::new(
+        layout::SERIAL_PORT,
+        layout::SERIAL_PORT,
+        1,
+        layout::SERIAL_PORT_LEN as u8,
+    );
+    let com1_crs = ResourceTemplate::new(vec![&com1_irq, &com1_io]);
+    let com1_hid = EISAName::new("PNP0501");
+    let com1_names = [
+        Name::new("_HID".into(), &com1_hid),
+        Name::new("_UID".into(), &aml::ZERO),
+        Name::new("_CRS".into(), &com1_crs),
+    ];
+    let com1 = Device::new("COM1".into(), com1_names.iter().map(|n| n as &dyn Aml).collect());
+
+    let sb = Scope::new("\\_SB_".into(), vec![&pci0, &com1]);
+    let s5_pkg = Package::new(vec![&S5_SLEEP_TYPE, &aml::ZERO]);
+    let s5 = Name::new("_S5_".into(), &s5_pkg);
+    let mut out = aml_bytes(&sb);
+    out.extend(aml_bytes(&s5));
+    out
+}
+
+fn pm_register() -> GAS {
+    GAS::new(
+        GasSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(layout::ACPI_PM_PORT),
+    )
+}
+
+/// The FADT pointing at the DSDT.
+pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut f = FADTBuilder::new(OEM_ID, *b"VFLFADT ", OEM_REVISION).dsdt_64(dsdt_addr);
+    f.flags = ((Flags::HwReducedAcpi as u32)
+        | (Flags::ResetRegSup as u32)
+        | (Flags::PwrButton as u32)
+        | (Flags::SlpButton as u32))
+        .into();
+    f.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    f.sleep_control_reg = pm_register();
+    f.sleep_status_reg = pm_register();
+    f.reset_reg = pm_register();
+    f.reset_value = RESET_VALUE;
+    f.hypervisor_vendor_identity = HYPERVISOR_VENDOR.into();
+    aml_bytes(&f.finalize())
+}
+
+/// The MADT: one local APIC per vCPU and one IOAPIC.
+pub fn madt(cpus: u8) -> Vec<u8> {
+    let mut m = MADT::new(
+        OEM_ID,
+        *b"VFLMADT ",
+        OEM_REVISION,
+        LocalInterruptController::Address(layout::APIC_START.0 as u32),
+    );
+    for id in 0..cpus {
+        m.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    m.add_structure(IoApic::new(0, layout::IOAPIC_START.0 as u32, 0));
+    aml_bytes(&m)
+}
+
+/// Writes all tables; returns the RSDP address.
+pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, pci: PciWindows) -> Result<u64, AcpiError> {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"VFLDSDT ", OEM_REVISION);
+    dsdt.append_slice(&dsdt_aml(pci));
+
+    let mut next = layout::ACPI_TABLES_START.0;
+    let mut place = |bytes: &[u8]| -> Result<u64, AcpiError> {
+        let addr = next;
+        let end = addr + bytes.len() as u64;
+        if end > layout::BIOS_AREA_END.0 {
+            return Err(AcpiError::TooBig(end - layout::ACPI_TABLES_START.0));
+        }
+        mem.write_slice(bytes, GuestAddress(addr))?;
+        next = end.next_multiple_of(8);
+        Ok(addr)
+    };
+    let dsdt_addr = place(dsdt.as_slice())?;
+    let fadt_addr = place(&fadt(dsdt_addr))?;
+    let madt_addr = place(&madt(cpus))?;
+    let mut xsdt = XSDT::new(OEM_ID, *b"VFLXSDT ", OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt_addr = place(&aml_bytes(&xsdt))?;
+    mem.write_slice(&aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr)), layout::RSDP_START)?;
+    Ok(layout::RSDP_START.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(b: &[u8]) -> bool {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x)) == 0
+    }
+
+    fn windows() -> PciWindows {
+        PciWindows {
+            mmio32: (layout::PCI_MMIO32_START.0, layout::PCI_MMIO32_SIZE),
+            mmio64: (layout::PCI_MMIO64_MIN_START.0, layout::PCI_MMIO64_SIZE),
+        }
+    }
+
+    #[test]
+    fn tables_are_linked_and_checksummed() {
+        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let rsdp = write_tables(&mem, 2, windows()).unwrap();
+        let mut r = [0u8; 36];
+        mem.read_slice(&mut r, GuestAddress(rsdp)).unwrap();
+        assert_eq!(&r[0..8], b"RSD PTR ");
+        assert!(checksum_ok(&r[0..20]) && checksum_ok(&r));
+        let xsdt = u64::from_le_bytes(r[24..32].try_into().unwrap());
+        let mut hdr = [0u8; 36];
+        mem.read_slice(&mut hdr, GuestAddress(xsdt)).unwrap();
+        assert_eq!(&hdr[0..4], b"XSDT");
+        let len = u32::from_le_bytes(hdr[4..8].try_into().unwrap()) as usize;
+        assert_eq!(len, 36 + 16);
+        let mut x = vec![0u8; len];
+        mem.read_slice(&mut x, GuestAddress(xsdt)).unwrap();
+        assert!(checksum_ok(&x));
+        let mut sigs = Vec::new();
+        for i in 0..2 {
+            let a = u64::from_le_bytes(x[36 + 8 * i..44 + 8 * i].try_into().unwrap());
+            let mut h = [0u8; 8];
+            mem.read_slice(&mut h, GuestAddress(a)).unwrap();
+            let l = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
+            let mut t = vec![0u8; l];
+            mem.read_slice(&mut t, GuestAddress(a)).unwrap();
+            assert!(checksum_ok(&t), "bad checksum in {:?}", &h[0..4]);
+            sigs.push(h[0..4].to_vec());
+        }
+        assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
+    }
+
+    #[test]
+    fn fadt_is_hw_reduced_with_pm_registers() {
+        let f = fadt(0x1234);
+        assert_eq!(&f[0..4], b"FACP");
+        let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());
+        assert_ne!(flags & (1 << 20), 0);
+        assert_ne!(flags & (1 << 10), 0);
+        // RESET_REG (GAS at 116): SystemIO, 8 bits, port.
+        assert_eq!(f[116], 1);
+        assert_eq!(u64::from_le_bytes(f[120..128].try_into().unwrap()), 0x600);
+        assert_eq!(f[128], RESET_VALUE);
+        // X_DSDT at 140.
+        assert_eq!(u64::from_le_bytes(f[140..148].try_into().unwrap()), 0x1234);
+        // SLEEP_CONTROL_REG at 244, SLEEP_STATUS_REG at 256.
+        assert_eq!(f[244], 1);
+        assert_eq!(u64::from_le_bytes(f[248..256].try_into().unwrap()), 0x600);
+        assert_eq!(u64::from_le_bytes(f[260..268].try_into().unwrap()), 0x600);
+    }
+
+    #[test]
+    fn madt_lists_every_cpu() {
+        let m = madt(3);
+        assert_eq!(&m[0..4], b"APIC");
+        assert_eq!(m.len(), 44 + 3 * 8 + 12);
+        assert!(checksum_ok(&m));
+    }
+
+    #[test]
+    fn dsdt_names_host_bridge_serial_and_s5() {
+        let d = dsdt_aml(windows());
+        let has = |n: &[u8]| d.windows(n.len()).any(|w| w == n);
+        assert!(has(b"PCI0") && has(b"COM1") && has(b"_S5_") && has(b"_CRS"));
+    }
+}

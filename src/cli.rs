@@ -1,0 +1,594 @@
+//! The command line (`vflaunch run` / `vflaunch check`) and how it is merged
+//! with the `--config` file and the pod's device sources into a [`VmConfig`].
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use thiserror::Error;
+
+use crate::config::{
+    parse_size, ConfigError, FileConfig, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY, MAX_CPUS,
+};
+use crate::intake::{
+    devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
+};
+use crate::pci_addr::Bdf;
+
+const LONG_ABOUT: &str = "\
+Boot a Linux guest under KVM with PCI devices - typically SR-IOV NIC virtual
+functions (VFs) bound to vfio-pci - passed through via VFIO.
+
+Examples:
+  # Developer: boot a test guest with one VF
+  vflaunch run --kernel bzImage --initramfs initrd.img --memory 1G --cpus 2 \\
+      --device 0000:03:02.1
+
+  # Pod with the SR-IOV device plugin: with no --device, the VFs are taken from
+  # PCIDEVICE_* / PCI_RESOURCE_* variables and /etc/podinfo/network-info
+  vflaunch run --config /etc/vflaunch/vm.json
+
+Run `vflaunch check` first to verify KVM, the IOMMU, vfio-pci binding and memlock.";
+
+/// Errors from turning the command line into a VM configuration.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// Neither `--kernel` nor the config file names a kernel.
+    #[error("no kernel given: pass --kernel PATH or set \"kernel\" in --config")]
+    NoKernel,
+    /// The config file or the merged configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The environment or the network-info file has bad device addresses.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+    /// `--devices-from-env` was given but no device was found there.
+    #[error("--devices-from-env found no devices: no PCIDEVICE_*/PCI_RESOURCE_* variable lists an address and no network-info file names one; check the pod's resource requests or pass --device")]
+    NoEnvDevices,
+}
+
+/// `vflaunch`: boot a Linux guest with SR-IOV VFs passed through.
+#[derive(Debug, Parser)]
+#[command(name = "vflaunch", version, long_about = LONG_ABOUT)]
+#[command(about = "Boot a Linux guest under KVM with SR-IOV VFs passed through via VFIO")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest (flags override --config, which overrides the defaults)
+    Run(RunArgs),
+    /// Only run the host pre-flight checks; prints one line per check, exits non-zero on failure
+    Check(CheckArgs),
+}
+
+/// Where passed-through devices come from; shared by `run` and `check`.
+#[derive(Clone, Debug, Args)]
+pub struct DeviceArgs {
+    /// PCI device to pass through, bound to vfio-pci: DDDD:BB:DD.F or BB:DD.F in hex,
+    /// e.g. 0000:03:02.1. Repeat the flag or give a comma-separated list
+    #[arg(
+        long = "device",
+        visible_alias = "vfio",
+        value_name = "BDF",
+        value_delimiter = ','
+    )]
+    pub devices: Vec<Bdf>,
+    /// Also take devices from PCIDEVICE_* / PCI_RESOURCE_* variables and the network-info
+    /// file [default: on when no device is given by --device or --config]
+    #[arg(long, conflicts_with = "no_devices_from_env")]
+    pub devices_from_env: bool,
+    /// Never take devices from the environment or the network-info file
+    #[arg(long)]
+    pub no_devices_from_env: bool,
+    /// KubeVirt network-info JSON file to take devices from; always read when given
+    /// [default: /etc/podinfo/network-info, if it exists and env intake is on]
+    #[arg(long, value_name = "PATH", conflicts_with = "no_devices_from_env")]
+    pub network_info: Option<PathBuf>,
+}
+
+/// Arguments of `vflaunch run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel, bzImage or ELF vmlinux (required here or as "kernel" in --config)
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs image [default: none]
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line, under 2048 bytes [default: "console=ttyS0 panic=-1"]
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Guest memory with a K, M, G or T suffix (binary); a plain number is MiB.
+    /// 64M to 1T, a multiple of 2M [default: 512M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Number of vCPUs, 1 to 32 [default: 1]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
+    pub cpus: Option<u8>,
+    /// Device selection.
+    #[command(flatten)]
+    pub intake: DeviceArgs,
+    /// JSON file with the same fields as the flags: {"kernel": "bzImage", "memory": "1G",
+    /// "cpus": 2, "devices": ["0000:03:02.1"], ...}; flags override it, devices are merged
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Boot even if the host IOMMU has no interrupt remapping (a device could then inject
+    /// arbitrary interrupts); the host also needs vfio_iommu_type1 allow_unsafe_interrupts=1
+    #[arg(long)]
+    pub allow_unsafe_interrupts: bool,
+}
+
+/// Arguments of `vflaunch check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Device selection.
+    #[command(flatten)]
+    pub intake: DeviceArgs,
+    /// Guest memory to check RLIMIT_MEMLOCK against, same format as `run --memory`
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512M")]
+    pub memory: u64,
+    /// Accept a host without interrupt remapping (see `run --allow-unsafe-interrupts`)
+    #[arg(long)]
+    pub allow_unsafe_interrupts: bool,
+}
+
+impl DeviceArgs {
+    /// Merges `explicit` devices with the env/network-info intake, without duplicates.
+    /// The intake is on with `--devices-from-env`, or by default when `given` is false.
+    fn collect(
+        &self,
+        explicit: impl IntoIterator<Item = Bdf>,
+        given: bool,
+        env: &[(String, String)],
+        default_network_info: &Path,
+    ) -> Result<Vec<Bdf>, CliError> {
+        let mut out: Vec<Bdf> = Vec::new();
+        let push = |out: &mut Vec<Bdf>, bdf: Bdf| {
+            if !out.contains(&bdf) {
+                out.push(bdf);
+            }
+        };
+        for bdf in explicit {
+            push(&mut out, bdf);
+        }
+        let use_env = self.devices_from_env || (!self.no_devices_from_env && !given);
+        let mut found = 0usize;
+        if use_env {
+            for dev in devices_from_env(env.iter().cloned())?.devices {
+                log::info!("device {} from ${}", dev.bdf, dev.source);
+                found += 1;
+                push(&mut out, dev.bdf);
+            }
+        }
+        let info_path = match &self.network_info {
+            Some(path) => Some(path.as_path()),
+            None if use_env && default_network_info.exists() => Some(default_network_info),
+            None => None,
+        };
+        if let Some(path) = info_path {
+            for (network, bdf) in devices_from_network_info_file(path)? {
+                log::info!(
+                    "device {bdf} for network {network:?} from {}",
+                    path.display()
+                );
+                found += 1;
+                push(&mut out, bdf);
+            }
+        }
+        if self.devices_from_env && found == 0 {
+            return Err(CliError::NoEnvDevices);
+        }
+        Ok(out)
+    }
+}
+
+impl RunArgs {
+    /// Merges flags, the `--config` file and defaults into a validated
+    /// [`VmConfig`]. `env` is the process environment (`std::env::vars()`).
+    pub fn into_config(self, env: &[(String, String)]) -> Result<VmConfig, CliError> {
+        self.into_config_with(env, Path::new(NETWORK_INFO_PATH))
+    }
+
+    fn into_config_with(
+        self,
+        env: &[(String, String)],
+        default_network_info: &Path,
+    ) -> Result<VmConfig, CliError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let kernel = self.kernel.or(file.kernel).ok_or(CliError::NoKernel)?;
+        let given = !self.intake.devices.is_empty() || file.devices.is_some();
+        let explicit = self
+            .intake
+            .devices
+            .iter()
+            .chain(file.devices.iter().flatten())
+            .copied();
+        let devices = self
+            .intake
+            .collect(explicit, given, env, default_network_info)?;
+        let cfg = VmConfig {
+            kernel,
+            initramfs: self.initramfs.or(file.initramfs),
+            cmdline: self
+                .cmdline
+                .or(file.cmdline)
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            memory: self.memory.or(file.memory).unwrap_or(DEFAULT_MEMORY),
+            cpus: self.cpus.or(file.cpus).unwrap_or(1),
+            devices,
+            allow_unsafe_interrupts: self.allow_unsafe_interrupts
+                || file.allow_unsafe_interrupts.unwrap_or(false),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl CheckArgs {
+    /// The devices to check: `--device` plus the env/network-info intake
+    /// (same rules as `run`). `env` is the process environment.
+    pub fn devices(&self, env: &[(String, String)]) -> Result<Vec<Bdf>, CliError> {
+        self.devices_with(env, Path::new(NETWORK_INFO_PATH))
+    }
+
+    fn devices_with(
+        &self,
+        env: &[(String, String)],
+        default_network_info: &Path,
+    ) -> Result<Vec<Bdf>, CliError> {
+        let explicit = self.intake.devices.iter().copied();
+        let given = !self.intake.devices.is_empty();
+        self.intake
+            .collect(explicit, given, env, default_network_info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use clap::{error::ErrorKind, CommandFactory};
+
+    use super::*;
+    use crate::pci_addr::PciAddrError;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        kernel: String,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("bzImage");
+        fs::write(&kernel, b"kernel").unwrap();
+        let kernel = kernel.to_string_lossy().into_owned();
+        Fixture { dir, kernel }
+    }
+
+    impl Fixture {
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+        fn write(&self, name: &str, text: &str) -> String {
+            fs::write(self.path(name), text).unwrap();
+            self.path(name).to_string_lossy().into_owned()
+        }
+        /// Parses `run` argv and builds the config; the default network-info
+        /// path is `<dir>/network-info`.
+        fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Result<VmConfig, CliError> {
+            let mut argv = vec!["vflaunch", "run"];
+            argv.extend_from_slice(args);
+            let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not run");
+            };
+            run.into_config_with(&env_vec(env), &self.path("network-info"))
+        }
+    }
+
+    fn env_vec(env: &[(&str, &str)]) -> Vec<(String, String)> {
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn bdfs(list: &[&str]) -> Vec<Bdf> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_teaches_examples_units_and_defaults() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--device 0000:03:02.1"), "{help}");
+        assert!(help.contains("PCIDEVICE_"), "{help}");
+        let mut cmd = Cli::command();
+        let run = cmd.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        for needle in [
+            "[default: 512M]",
+            "plain number is MiB",
+            "[default: 1]",
+            "--vfio",
+        ] {
+            assert!(help.contains(needle), "missing {needle:?} in {help}");
+        }
+        let version = Cli::try_parse_from(["vflaunch", "--version"]).unwrap_err();
+        assert_eq!(version.kind(), ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn defaults() {
+        let f = fixture();
+        let cfg = f.run(&["--kernel", &f.kernel], &[]).unwrap();
+        assert_eq!(cfg, VmConfig::new(&f.kernel));
+    }
+
+    #[test]
+    fn flags_override_config_file_which_overrides_defaults() {
+        let f = fixture();
+        let initrd = f.write("initrd", "x");
+        let config = f.write(
+            "vm.json",
+            &format!(
+                r#"{{"kernel": {:?}, "initramfs": {initrd:?}, "cmdline": "quiet", "memory": 1024, "cpus": 2, "allow_unsafe_interrupts": true}}"#,
+                f.kernel
+            ),
+        );
+        let cfg = f.run(&["--config", &config], &[]).unwrap();
+        assert_eq!(cfg.kernel, PathBuf::from(&f.kernel));
+        assert_eq!(cfg.initramfs, Some(PathBuf::from(&initrd)));
+        assert_eq!(
+            (cfg.cmdline.as_str(), cfg.memory, cfg.cpus),
+            ("quiet", 1 << 30, 2)
+        );
+        assert!(cfg.allow_unsafe_interrupts);
+        let other = f.write("other", "k");
+        let cfg = f
+            .run(
+                &[
+                    "--config",
+                    &config,
+                    "--kernel",
+                    &other,
+                    "--memory",
+                    "2G",
+                    "--cpus",
+                    "4",
+                    "--cmdline",
+                    "console=hvc0",
+                ],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(cfg.kernel, PathBuf::from(&other));
+        assert_eq!(
+            (cfg.cmdline.as_str(), cfg.memory, cfg.cpus),
+            ("console=hvc0", 2 << 30, 4)
+        );
+    }
+
+    #[test]
+    fn devices_are_union_of_flags_and_config_deduplicated() {
+        let f = fixture();
+        let config = f.write(
+            "vm.json",
+            r#"{"devices": ["0000:03:04.3", "0000:03:02.1"]}"#,
+        );
+        let cfg = f
+            .run(
+                &[
+                    "--kernel",
+                    &f.kernel,
+                    "--device",
+                    "03:02.1,0000:03:02.2",
+                    "--vfio",
+                    "0000:03:02.1",
+                    "--config",
+                    &config,
+                ],
+                &[("PCIDEVICE_X", "0000:99:00.1")],
+            )
+            .unwrap();
+        assert_eq!(
+            cfg.devices,
+            bdfs(&["0000:03:02.1", "0000:03:02.2", "0000:03:04.3"])
+        );
+    }
+
+    #[test]
+    fn env_intake_is_default_only_without_explicit_devices() {
+        let f = fixture();
+        let env = [("PCIDEVICE_INTEL_COM_SRIOV", "0000:03:02.1,0000:03:04.3,")];
+        let cfg = f.run(&["--kernel", &f.kernel], &env).unwrap();
+        assert_eq!(cfg.devices, bdfs(&["0000:03:02.1", "0000:03:04.3"]));
+        let cfg = f
+            .run(&["--kernel", &f.kernel, "--no-devices-from-env"], &env)
+            .unwrap();
+        assert!(cfg.devices.is_empty());
+        let empty = f.write("vm.json", r#"{"devices": []}"#);
+        let cfg = f
+            .run(&["--kernel", &f.kernel, "--config", &empty], &env)
+            .unwrap();
+        assert!(
+            cfg.devices.is_empty(),
+            "an explicit empty list disables the default"
+        );
+        let cfg = f
+            .run(
+                &[
+                    "--kernel",
+                    &f.kernel,
+                    "--device",
+                    "0000:65:00.0",
+                    "--devices-from-env",
+                ],
+                &env,
+            )
+            .unwrap();
+        assert_eq!(
+            cfg.devices,
+            bdfs(&["0000:65:00.0", "0000:03:02.1", "0000:03:04.3"])
+        );
+    }
+
+    #[test]
+    fn network_info_default_path_and_flag() {
+        let f = fixture();
+        f.write("network-info", r#"{"net1": "0000:04:02.5"}"#);
+        let env = [("PCI_RESOURCE_A", "0000:04:02.5,0000:04:02.6")];
+        let cfg = f.run(&["--kernel", &f.kernel], &env).unwrap();
+        assert_eq!(cfg.devices, bdfs(&["0000:04:02.5", "0000:04:02.6"]));
+        let other = f.write(
+            "ni.json",
+            r#"{"interfaces":[{"network":"foo","deviceInfo":{"type":"pci","pci":{"pci-address":"0000:65:00.2"}}}]}"#,
+        );
+        let cfg = f
+            .run(
+                &[
+                    "--kernel",
+                    &f.kernel,
+                    "--device",
+                    "0000:03:02.1",
+                    "--network-info",
+                    &other,
+                ],
+                &env,
+            )
+            .unwrap();
+        assert_eq!(cfg.devices, bdfs(&["0000:03:02.1", "0000:65:00.2"]));
+        let missing = f.path("nope").to_string_lossy().into_owned();
+        let err = f
+            .run(&["--kernel", &f.kernel, "--network-info", &missing], &[])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::Intake(IntakeError::ReadNetworkInfo { .. })
+        ));
+    }
+
+    #[test]
+    fn devices_from_env_requires_something_to_be_found() {
+        let f = fixture();
+        let err = f
+            .run(&["--kernel", &f.kernel, "--devices-from-env"], &[])
+            .unwrap_err();
+        assert!(matches!(err, CliError::NoEnvDevices));
+        let conflict = Cli::try_parse_from([
+            "vflaunch",
+            "run",
+            "--devices-from-env",
+            "--no-devices-from-env",
+        ])
+        .unwrap_err();
+        assert_eq!(conflict.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn missing_kernel() {
+        let f = fixture();
+        let err = f.run(&["--memory", "1G"], &[]).unwrap_err();
+        assert!(matches!(err, CliError::NoKernel));
+        assert!(err.to_string().contains("--kernel PATH"));
+        let err = f
+            .run(&["--kernel", &f.path("none").to_string_lossy()], &[])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::Config(ConfigError::FileMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_right_error() {
+        let err = Cli::try_parse_from(["vflaunch", "run", "--device", "0000:03:02.9"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let source = std::error::Error::source(&err).unwrap();
+        assert!(matches!(
+            source.downcast_ref(),
+            Some(PciAddrError::Function(_))
+        ));
+        let err = Cli::try_parse_from(["vflaunch", "run", "--memory", "2GB"]).unwrap_err();
+        let source = std::error::Error::source(&err).unwrap();
+        assert!(matches!(
+            source.downcast_ref(),
+            Some(ConfigError::InvalidSize(_))
+        ));
+        let err = Cli::try_parse_from(["vflaunch", "run", "--cpus", "33"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+
+        let f = fixture();
+        let err = f
+            .run(&["--kernel", &f.kernel], &[("PCIDEVICE_A", "bogus")])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::Intake(IntakeError::BadAddress { .. })
+        ));
+        let err = f
+            .run(&["--kernel", &f.kernel, "--memory", "101M"], &[])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::Config(ConfigError::MemoryUnaligned(_))
+        ));
+        let config = f.write("vm.json", r#"{"memory": "big"}"#);
+        let err = f
+            .run(&["--kernel", &f.kernel, "--config", &config], &[])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            CliError::Config(ConfigError::JsonFile { .. })
+        ));
+    }
+
+    #[test]
+    fn check_args() {
+        let f = fixture();
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["vflaunch", "check"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Check(c) => c,
+                Command::Run(_) => panic!("not check"),
+            }
+        };
+        let env = env_vec(&[("PCIDEVICE_A", "0000:03:02.1")]);
+        let default_info = f.path("network-info");
+        let check = parse(&[]);
+        assert_eq!(check.memory, DEFAULT_MEMORY);
+        assert!(!check.allow_unsafe_interrupts);
+        assert_eq!(
+            check.devices_with(&env, &default_info).unwrap(),
+            bdfs(&["0000:03:02.1"])
+        );
+        let check = parse(&[
+            "--device",
+            "0000:04:00.0",
+            "--memory",
+            "2G",
+            "--allow-unsafe-interrupts",
+        ]);
+        assert_eq!(check.memory, 2 << 30);
+        assert!(check.allow_unsafe_interrupts);
+        assert_eq!(
+            check.devices_with(&env, &default_info).unwrap(),
+            bdfs(&["0000:04:00.0"])
+        );
+        let check = parse(&["--device", "0000:04:00.0", "--devices-from-env"]);
+        assert_eq!(
+            check.devices_with(&env, &default_info).unwrap(),
+            bdfs(&["0000:04:00.0", "0000:03:02.1"])
+        );
+    }
+}

@@ -1,0 +1,435 @@
+//! Where device addresses come from in a pod: the SR-IOV network device
+//! plugin's `PCIDEVICE_*` variables, KubeVirt's `PCI_RESOURCE_*` variables,
+//! and KubeVirt's downward-API `network-info` file.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::pci_addr::{Bdf, PciAddrError};
+
+/// KubeVirt's downward-API file that maps networks to PCI addresses.
+pub const NETWORK_INFO_PATH: &str = "/etc/podinfo/network-info";
+
+/// Prefix of the SR-IOV network device plugin's variables.
+const PCIDEVICE_PREFIX: &str = "PCIDEVICE_";
+/// Prefix of KubeVirt's host-device variables.
+const PCI_RESOURCE_PREFIX: &str = "PCI_RESOURCE_";
+/// Suffix of the device plugin's per-device info variables.
+const INFO_SUFFIX: &str = "_INFO";
+
+/// Errors from reading device addresses out of the environment or network-info.
+#[derive(Debug, Error)]
+pub enum IntakeError {
+    /// An address list variable has an item that is not a PCI address.
+    #[error("{var} has an invalid PCI address {item:?}: it must be a comma-separated list like 0000:03:02.1,0000:03:04.3")]
+    BadAddress {
+        /// The variable name.
+        var: String,
+        /// The bad list item.
+        item: String,
+        /// Why it is not an address.
+        #[source]
+        source: PciAddrError,
+    },
+    /// A `PCIDEVICE_*_INFO` variable is not valid JSON.
+    #[error("{var} is not valid device-plugin JSON: expected {{\"<pci address>\": {{\"vfio\": {{...}}}}}}")]
+    BadInfo {
+        /// The variable name.
+        var: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The network-info file could not be read.
+    #[error("cannot read network-info file {path}: check --network-info or the pod's downward-API volume")]
+    ReadNetworkInfo {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The network-info document is not valid JSON.
+    #[error("network-info is not valid JSON: expected {{\"interfaces\": [...]}} or {{\"<network>\": \"<pci address>\"}}")]
+    NetworkInfoJson(#[source] serde_json::Error),
+    /// The network-info JSON has an unexpected shape.
+    #[error("network-info has an unexpected shape ({0}): expected {{\"interfaces\": [...]}} or {{\"<network>\": \"<pci address>\"}}")]
+    NetworkInfoShape(String),
+    /// A network in network-info has an invalid PCI address.
+    #[error("network-info gives network {network:?} an invalid PCI address {item:?}")]
+    NetworkInfoAddress {
+        /// The network name.
+        network: String,
+        /// The bad address.
+        item: String,
+        /// Why it is not an address.
+        #[source]
+        source: PciAddrError,
+    },
+}
+
+/// Devices found in the environment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnvDevices {
+    /// Sorted by variable name, then list order; each address appears once.
+    pub devices: Vec<EnvDevice>,
+}
+
+/// One device found in the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvDevice {
+    /// The device address.
+    pub bdf: Bdf,
+    /// The variable that listed it.
+    pub source: String,
+    /// The VFIO group node the device plugin mounted for it (from `*_INFO`), if known.
+    pub vfio_dev_mount: Option<PathBuf>,
+}
+
+/// Splits a comma-separated address list, tolerating spaces and empty items.
+fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse().map_err(|source| IntakeError::BadAddress {
+                var: var.to_string(),
+                item: item.to_string(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Parses a `PCIDEVICE_*_INFO` value into address → VFIO group node.
+/// Keys that are not PCI addresses and providers other than `vfio` are ignored.
+fn parse_info(var: &str, value: &str) -> Result<Vec<(Bdf, PathBuf)>, IntakeError> {
+    let map: BTreeMap<String, Value> =
+        serde_json::from_str(value).map_err(|source| IntakeError::BadInfo {
+            var: var.to_string(),
+            source,
+        })?;
+    let mut out = Vec::new();
+    for (addr, providers) in &map {
+        let Ok(bdf) = addr.parse::<Bdf>() else {
+            log::warn!("{var}: ignoring key {addr:?}, which is not a PCI address");
+            continue;
+        };
+        let vfio = providers.get("vfio");
+        let mount = ["dev-mount", "vfio-dev-mount"]
+            .iter()
+            .find_map(|key| vfio.and_then(|v| v.get(key)).and_then(Value::as_str));
+        if let Some(mount) = mount {
+            out.push((bdf, PathBuf::from(mount)));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads device addresses from `PCIDEVICE_<PREFIX>_<RESOURCE>` (SR-IOV
+/// network device plugin) and `PCI_RESOURCE_<NAME>` (KubeVirt host devices)
+/// variables. Each holds a comma-separated list of full PCI addresses.
+///
+/// `PCIDEVICE_*_INFO` variables whose value is a JSON object are parsed
+/// for the VFIO group node of each address instead of being read as lists.
+/// Other variables are ignored.
+pub fn devices_from_env<I: IntoIterator<Item = (String, String)>>(
+    vars: I,
+) -> Result<EnvDevices, IntakeError> {
+    let vars: BTreeMap<String, String> = vars
+        .into_iter()
+        .filter(|(name, _)| {
+            name.starts_with(PCIDEVICE_PREFIX) || name.starts_with(PCI_RESOURCE_PREFIX)
+        })
+        .collect();
+    let mut devices: Vec<EnvDevice> = Vec::new();
+    let mut mounts: BTreeMap<Bdf, PathBuf> = BTreeMap::new();
+    for (name, value) in &vars {
+        // A resource may itself be called "info"; only JSON values are info.
+        if name.ends_with(INFO_SUFFIX) && value.trim_start().starts_with('{') {
+            for (bdf, mount) in parse_info(name, value)? {
+                mounts.entry(bdf).or_insert(mount);
+            }
+            continue;
+        }
+        for bdf in parse_list(name, value)? {
+            if !devices.iter().any(|d| d.bdf == bdf) {
+                devices.push(EnvDevice {
+                    bdf,
+                    source: name.clone(),
+                    vfio_dev_mount: None,
+                });
+            }
+        }
+    }
+    for device in &mut devices {
+        device.vfio_dev_mount = mounts.get(&device.bdf).cloned();
+    }
+    Ok(EnvDevices { devices })
+}
+
+/// Parses KubeVirt's network-info document into (network name, address)
+/// pairs, in file order.
+///
+/// Accepts the current form
+/// `{"interfaces":[{"network":"foo","deviceInfo":{"type":"pci","pci":{"pci-address":"0000:65:00.2"}}}]}`
+/// (interfaces without a PCI deviceInfo are skipped) and the older
+/// `network-pci-map` form `{"net1":"0000:04:02.5"}` (sorted by name).
+/// An empty document means no devices.
+pub fn devices_from_network_info(json: &str) -> Result<Vec<(String, Bdf)>, IntakeError> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let doc: Value = serde_json::from_str(json).map_err(IntakeError::NetworkInfoJson)?;
+    let Value::Object(map) = doc else {
+        return Err(IntakeError::NetworkInfoShape("not an object".into()));
+    };
+    let parse = |network: &str, addr: &str| {
+        addr.parse::<Bdf>()
+            .map(|bdf| (network.to_string(), bdf))
+            .map_err(|source| IntakeError::NetworkInfoAddress {
+                network: network.to_string(),
+                item: addr.to_string(),
+                source,
+            })
+    };
+    match map.get("interfaces") {
+        Some(Value::Array(interfaces)) => {
+            let mut out = Vec::new();
+            for iface in interfaces {
+                let info = iface.get("deviceInfo");
+                let kind = info.and_then(|i| i.get("type")).and_then(Value::as_str);
+                if kind.is_some_and(|k| k != "pci") {
+                    continue;
+                }
+                let addr = info
+                    .and_then(|i| i.get("pci"))
+                    .and_then(|p| p.get("pci-address"))
+                    .and_then(Value::as_str);
+                if let Some(addr) = addr {
+                    let network = iface.get("network").and_then(Value::as_str).unwrap_or("");
+                    out.push(parse(network, addr)?);
+                }
+            }
+            Ok(out)
+        }
+        Some(Value::String(_)) | None => map
+            .iter()
+            .map(|(network, addr)| match addr.as_str() {
+                Some(addr) => parse(network, addr),
+                None => Err(IntakeError::NetworkInfoShape(format!(
+                    "network {network:?} is not mapped to an address string"
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(IntakeError::NetworkInfoShape(
+            "\"interfaces\" is not a list".into(),
+        )),
+    }
+}
+
+/// Reads and parses a network-info file (see [`devices_from_network_info`]).
+pub fn devices_from_network_info_file(path: &Path) -> Result<Vec<(String, Bdf)>, IntakeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| IntakeError::ReadNetworkInfo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    devices_from_network_info(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn addrs(env: &EnvDevices) -> Vec<String> {
+        env.devices.iter().map(|d| d.bdf.to_string()).collect()
+    }
+
+    #[test]
+    fn reads_device_plugin_and_kubevirt_vars_sorted_and_deduplicated() {
+        let env = devices_from_env(vars(&[
+            (
+                "PCIDEVICE_INTEL_COM_SRIOV_B",
+                "0000:03:04.3, ,0000:03:02.1,",
+            ),
+            ("PATH", "/usr/bin"),
+            ("PCIDEVICE_INTEL_COM_SRIOV_A", " 0000:03:02.1 ,0000:03:02.2"),
+            ("PCI_RESOURCE_NVIDIA_COM_GPU", "0000:65:00.0"),
+            ("MDEV_PCI_RESOURCE_X", "not-an-address"),
+            ("KUBEVIRT_RESOURCE_NAME_net1", "intel.com/sriov"),
+            ("PCIDEVICE_EMPTY", ""),
+        ]))
+        .unwrap();
+        assert_eq!(
+            addrs(&env),
+            [
+                "0000:03:02.1",
+                "0000:03:02.2",
+                "0000:03:04.3",
+                "0000:65:00.0"
+            ]
+        );
+        assert_eq!(env.devices[0].source, "PCIDEVICE_INTEL_COM_SRIOV_A");
+        assert_eq!(env.devices[2].source, "PCIDEVICE_INTEL_COM_SRIOV_B");
+        assert_eq!(env.devices[3].source, "PCI_RESOURCE_NVIDIA_COM_GPU");
+        assert!(env.devices.iter().all(|d| d.vfio_dev_mount.is_none()));
+    }
+
+    #[test]
+    fn no_vars_means_no_devices() {
+        assert_eq!(
+            devices_from_env(vars(&[("HOME", "/root")])).unwrap(),
+            EnvDevices::default()
+        );
+    }
+
+    #[test]
+    fn bad_address_names_variable_and_item() {
+        let err =
+            devices_from_env(vars(&[("PCIDEVICE_X", "0000:03:02.1,0000:03:02.9")])).unwrap_err();
+        match &err {
+            IntakeError::BadAddress { var, item, .. } => {
+                assert_eq!(
+                    (var.as_str(), item.as_str()),
+                    ("PCIDEVICE_X", "0000:03:02.9")
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("PCIDEVICE_X") && msg.contains("0000:03:02.9"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn info_vars_give_vfio_mounts_in_both_key_styles() {
+        let env = devices_from_env(vars(&[
+            ("PCIDEVICE_INTEL_COM_A", "0000:3b:02.6"),
+            (
+                "PCIDEVICE_INTEL_COM_A_INFO",
+                r#"{"0000:3b:02.6":{"vfio":{"mount":"/dev/vfio/vfio","dev-mount":"/dev/vfio/169"},"generic":{"deviceID":"0000:3b:02.6"}}}"#,
+            ),
+            ("PCIDEVICE_INTEL_COM_B", "0000:3b:02.7,0000:3b:02.0"),
+            (
+                "PCIDEVICE_INTEL_COM_B_INFO",
+                r#"{"0000:3b:02.7":{"extraInfo":{"token":"x"},"vfio":{"vfio-dev-mount":"/dev/vfio/noiommu-170","vfio-mount":"/dev/vfio/vfio"},"vhost":{"net-mount":"/dev/vhost-net"}},"not-an-address":{}}"#,
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            addrs(&env),
+            ["0000:3b:02.6", "0000:3b:02.7", "0000:3b:02.0"]
+        );
+        let mounts: Vec<Option<PathBuf>> = env
+            .devices
+            .iter()
+            .map(|d| d.vfio_dev_mount.clone())
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                Some(PathBuf::from("/dev/vfio/169")),
+                Some(PathBuf::from("/dev/vfio/noiommu-170")),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_info_names_variable() {
+        let err =
+            devices_from_env(vars(&[("PCIDEVICE_A_INFO", "{\"0000:3b:02.6\":")])).unwrap_err();
+        assert!(matches!(&err, IntakeError::BadInfo { var, .. } if var == "PCIDEVICE_A_INFO"));
+        assert!(err.to_string().contains("PCIDEVICE_A_INFO"));
+    }
+
+    #[test]
+    fn resource_named_info_is_still_a_list() {
+        let env =
+            devices_from_env(vars(&[("PCIDEVICE_EXAMPLE_COM_INFO", "0000:03:02.1")])).unwrap();
+        assert_eq!(addrs(&env), ["0000:03:02.1"]);
+    }
+
+    #[test]
+    fn network_info_current_form() {
+        let json = r#"{"interfaces":[
+            {"network":"foo","deviceInfo":{"type":"pci","version":"1.0.0","pci":{"pci-address":"0000:65:00.2"}},"mac":"02:00:00:00:00:01","mtu":1500},
+            {"network":"pod","mac":"02:00:00:00:00:02"},
+            {"network":"vdpa","deviceInfo":{"type":"vdpa","vdpa":{"parent-device":"x"}}},
+            {"network":"bar","deviceInfo":{"type":"pci","pci":{"pci-address":"0000:65:00.3"}}}
+        ]}"#;
+        let got = devices_from_network_info(json).unwrap();
+        assert_eq!(
+            got,
+            [
+                ("foo".to_string(), "0000:65:00.2".parse().unwrap()),
+                ("bar".to_string(), "0000:65:00.3".parse().unwrap())
+            ]
+        );
+    }
+
+    #[test]
+    fn network_info_old_map_form() {
+        let got =
+            devices_from_network_info(r#"{"net2":"0000:04:02.6","net1":"0000:04:02.5"}"#).unwrap();
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["net1", "net2"]);
+        assert_eq!(got[0].1.to_string(), "0000:04:02.5");
+        assert!(devices_from_network_info(" \n").unwrap().is_empty());
+        assert!(devices_from_network_info(r#"{"interfaces":[]}"#)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn network_info_errors() {
+        assert!(matches!(
+            devices_from_network_info("{"),
+            Err(IntakeError::NetworkInfoJson(_))
+        ));
+        assert!(matches!(
+            devices_from_network_info("[]"),
+            Err(IntakeError::NetworkInfoShape(_))
+        ));
+        assert!(matches!(
+            devices_from_network_info(r#"{"interfaces":{}}"#),
+            Err(IntakeError::NetworkInfoShape(_))
+        ));
+        assert!(matches!(
+            devices_from_network_info(r#"{"net1":5}"#),
+            Err(IntakeError::NetworkInfoShape(_))
+        ));
+        let err = devices_from_network_info(
+            r#"{"interfaces":[{"network":"foo","deviceInfo":{"type":"pci","pci":{"pci-address":"65:00"}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, IntakeError::NetworkInfoAddress { network, item, .. } if network == "foo" && item == "65:00")
+        );
+    }
+
+    #[test]
+    fn network_info_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("network-info");
+        std::fs::write(&path, r#"{"net1":"0000:04:02.5"}"#).unwrap();
+        assert_eq!(devices_from_network_info_file(&path).unwrap().len(), 1);
+        assert!(matches!(
+            devices_from_network_info_file(&dir.path().join("missing")),
+            Err(IntakeError::ReadNetworkInfo { .. })
+        ));
+    }
+}

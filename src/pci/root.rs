@@ -1,0 +1,207 @@
+//! The PCI host bridge (00:00.0) and configuration mechanism #1 on ports
+//! 0xcf8/0xcfc: decodes CONFIG_ADDRESS and forwards data accesses to the
+//! device in the addressed slot. Only bus 0, function 0 of each slot exists.
+
+use std::sync::{Arc, Mutex};
+
+use super::{merge_write, PciDevice};
+use crate::devices::bus::BusDevice;
+
+/// Red Hat's vendor ID and its generic "PCIe host bridge" device ID: a
+/// virtual ID with no driver quirks attached.
+const HOST_BRIDGE_VENDOR: u32 = 0x1b36;
+const HOST_BRIDGE_DEVICE: u32 = 0x0008;
+const CLASS_BRIDGE_HOST: u32 = 0x0600_0000;
+const CONFIG_ADDRESS_ENABLE: u32 = 1 << 31;
+/// Number of device slots on a bus.
+pub const SLOTS: usize = 32;
+
+/// Errors adding PCI devices.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PciError {
+    /// All slots are taken.
+    #[error("No free PCI slot")]
+    NoSlot,
+}
+
+/// The host bridge: read-only identification, writable command register.
+pub struct HostBridge {
+    command: u32,
+}
+
+impl PciDevice for HostBridge {
+    fn read_config(&mut self, reg: usize) -> u32 {
+        match reg {
+            0 => (HOST_BRIDGE_DEVICE << 16) | HOST_BRIDGE_VENDOR,
+            1 => self.command,
+            2 => CLASS_BRIDGE_HOST,
+            _ => 0,
+        }
+    }
+
+    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
+        if reg == 1 && offset < 2 {
+            self.command = merge_write(self.command, offset, data) & 0xffff;
+        }
+    }
+}
+
+/// Shared handle to a PCI device.
+pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
+/// Bus 0 and its configuration ports.
+pub struct PciRoot {
+    config_address: u32,
+    slots: Vec<Option<SharedPciDevice>>,
+}
+
+impl Default for PciRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PciRoot {
+    /// A bus with the host bridge in slot 0.
+    pub fn new() -> Self {
+        let mut slots: Vec<Option<SharedPciDevice>> = vec![None; SLOTS];
+        slots[0] = Some(Arc::new(Mutex::new(HostBridge { command: 0 })));
+        PciRoot {
+            config_address: 0,
+            slots,
+        }
+    }
+
+    /// Puts `dev` in the first free slot; returns the slot number.
+    pub fn add_device(&mut self, dev: SharedPciDevice) -> Result<u8, PciError> {
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciError::NoSlot)?;
+        self.slots[slot] = Some(dev);
+        Ok(slot as u8)
+    }
+
+    /// The device addressed by CONFIG_ADDRESS and the register index.
+    fn target(&self) -> Option<(&SharedPciDevice, usize)> {
+        let a = self.config_address;
+        if a & CONFIG_ADDRESS_ENABLE == 0 {
+            return None;
+        }
+        let bus = (a >> 16) & 0xff;
+        let slot = ((a >> 11) & 0x1f) as usize;
+        let function = (a >> 8) & 0x7;
+        let reg = ((a >> 2) & 0x3f) as usize;
+        if bus != 0 || function != 0 {
+            return None;
+        }
+        self.slots[slot].as_ref().map(|d| (d, reg))
+    }
+
+    fn read_data(&self, offset: usize, data: &mut [u8]) {
+        let value = match self.target() {
+            Some((dev, reg)) => dev.lock().unwrap_or_else(|e| e.into_inner()).read_config(reg),
+            None => 0xffff_ffff,
+        };
+        let bytes = value.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(offset + i).copied().unwrap_or(0xff);
+        }
+    }
+
+    fn write_data(&self, offset: usize, data: &[u8]) {
+        if let Some((dev, reg)) = self.target() {
+            dev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_config(reg, offset, data);
+        }
+    }
+}
+
+impl BusDevice for PciRoot {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            0..=3 => {
+                let bytes = self.config_address.to_le_bytes();
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = bytes.get(offset as usize + i).copied().unwrap_or(0xff);
+                }
+            }
+            4..=7 => self.read_data(offset as usize - 4, data),
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match offset {
+            0..=3 => {
+                self.config_address = merge_write(self.config_address, offset as usize, data)
+            }
+            4..=7 => self.write_data(offset as usize - 4, data),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(slot: u32, reg: u32) -> [u8; 4] {
+        (CONFIG_ADDRESS_ENABLE | (slot << 11) | (reg << 2)).to_le_bytes()
+    }
+
+    fn read32(root: &mut PciRoot, slot: u32, reg: u32) -> u32 {
+        root.write(0, &addr(slot, reg));
+        let mut d = [0u8; 4];
+        root.read(4, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    #[test]
+    fn host_bridge_is_visible_and_empty_slots_float() {
+        let mut root = PciRoot::new();
+        assert_eq!(read32(&mut root, 0, 0), 0x0008_1b36);
+        assert_eq!(read32(&mut root, 0, 2) >> 16, 0x0600);
+        assert_eq!(read32(&mut root, 5, 0), 0xffff_ffff);
+        // Disabled CONFIG_ADDRESS reads float.
+        root.write(0, &0u32.to_le_bytes());
+        let mut d = [0u8; 4];
+        root.read(4, &mut d);
+        assert_eq!(d, [0xff; 4]);
+    }
+
+    #[test]
+    fn sub_dword_access_and_address_readback() {
+        let mut root = PciRoot::new();
+        root.write(0, &addr(0, 0));
+        let mut w = [0u8; 2];
+        root.read(6, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x0008);
+        let mut a = [0u8; 4];
+        root.read(0, &mut a);
+        assert_eq!(a, addr(0, 0));
+        // Command register write through 0xcfc, then read back.
+        root.write(0, &addr(0, 1));
+        root.write(4, &[0x06, 0x00]);
+        assert_eq!(read32(&mut root, 0, 1), 0x6);
+    }
+
+    #[test]
+    fn devices_fill_free_slots() {
+        let mut root = PciRoot::new();
+        let dev: SharedPciDevice = Arc::new(Mutex::new(HostBridge { command: 0 }));
+        assert_eq!(root.add_device(dev.clone()), Ok(1));
+        assert_eq!(root.add_device(dev.clone()), Ok(2));
+        for _ in 3..SLOTS {
+            root.add_device(dev.clone()).unwrap();
+        }
+        assert_eq!(root.add_device(dev), Err(PciError::NoSlot));
+        // Functions other than 0 do not exist.
+        root.write(0, &(CONFIG_ADDRESS_ENABLE | (1 << 11) | (1 << 8)).to_le_bytes());
+        let mut d = [0u8; 4];
+        root.read(4, &mut d);
+        assert_eq!(d, [0xff; 4]);
+    }
+}

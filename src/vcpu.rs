@@ -1,0 +1,235 @@
+//! vCPUs: per-vCPU setup and the run loop. The loop only forwards exits to
+//! the buses; it knows no device.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{
+    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::x86_64::boot::BootEntry;
+use crate::arch::x86_64::{cpuid, regs};
+use crate::devices::bus::Bus;
+use crate::exit::{ExitReason, ExitSignal};
+
+/// Errors creating or configuring vCPUs.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// KVM_CREATE_VCPU failed.
+    #[error("Cannot create vCPU {0}")]
+    Create(u8, #[source] kvm_ioctls::Error),
+    /// KVM_SET_CPUID2 failed.
+    #[error("Cannot set CPUID on vCPU {0}")]
+    Cpuid(u8, #[source] kvm_ioctls::Error),
+    /// Register setup failed.
+    #[error("Cannot set up registers of vCPU {0}")]
+    Regs(u8, #[source] regs::RegsError),
+    /// The vCPU thread could not be started.
+    #[error("Cannot start the vCPU {0} thread")]
+    Spawn(u8, #[source] std::io::Error),
+    /// The kick signal handler could not be installed.
+    #[error("Cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+/// The port-I/O and MMIO buses the vCPUs dispatch to.
+#[derive(Default)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+/// What the loop does after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VcpuAction {
+    /// Re-enter the guest.
+    Continue,
+    /// Stop the VM.
+    Stop(ExitReason),
+}
+
+/// Handles one exit from `KVM_RUN`.
+pub fn handle_exit(exit: VcpuExit<'_>, buses: &Buses) -> VcpuAction {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !buses.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !buses.pio.write(u64::from(port), data) {
+                log::trace!("unhandled port write {port:#x} {data:?}");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !buses.mmio.read(addr, data) {
+                log::debug!("unhandled MMIO read at {addr:#x}");
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !buses.mmio.write(addr, data) {
+                log::debug!("unhandled MMIO write at {addr:#x}");
+            }
+        }
+        VcpuExit::Hlt => return VcpuAction::Stop(ExitReason::PowerOff),
+        VcpuExit::Shutdown => return VcpuAction::Stop(ExitReason::TripleFault),
+        VcpuExit::SystemEvent(kind, _) => {
+            return VcpuAction::Stop(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestReset,
+                other => ExitReason::VcpuError(format!("unknown system event {other}")),
+            })
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return VcpuAction::Stop(ExitReason::VcpuError(format!(
+                "KVM entry failed on CPU {cpu}: hardware reason {reason:#x}"
+            )))
+        }
+        VcpuExit::InternalError => {
+            return VcpuAction::Stop(ExitReason::VcpuError("KVM internal error".into()))
+        }
+        VcpuExit::Intr => {}
+        other => log::debug!("unhandled vCPU exit {other:?}"),
+    }
+    VcpuAction::Continue
+}
+
+/// One configured vCPU, ready to run.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op handler for the signal used to kick vCPUs out of `KVM_RUN`.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(SIGRTMIN(), kick_handler).map_err(VcpuError::Signal)
+}
+
+impl Vcpu {
+    /// Creates and configures vCPU `id` of `count`; vCPU 0 gets the boot state.
+    pub fn new(
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        supported_cpuid: &CpuId,
+        id: u8,
+        count: u8,
+        boot: &BootEntry,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VcpuError::Create(id, e))?;
+        fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, id, count))
+            .map_err(|e| VcpuError::Cpuid(id, e))?;
+        let r = |e| VcpuError::Regs(id, e);
+        regs::setup_msrs(&fd).map_err(r)?;
+        regs::setup_lint(&fd).map_err(r)?;
+        if id == 0 {
+            regs::setup_sregs(mem, &fd, boot.mode).map_err(r)?;
+            regs::setup_regs(&fd, boot.mode, boot.entry, boot.boot_info).map_err(r)?;
+            regs::setup_fpu(&fd).map_err(r)?;
+        }
+        Ok(Vcpu { id, fd })
+    }
+
+    /// Runs the vCPU on its own thread until a stop is requested.
+    pub fn spawn(
+        mut self,
+        buses: Arc<Buses>,
+        exit: Arc<ExitSignal>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
+        let id = self.id;
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || self.run(&buses, &exit))
+            .map_err(|e| VcpuError::Spawn(id, e))
+    }
+
+    fn run(&mut self, buses: &Buses, exit: &ExitSignal) {
+        while !exit.requested() {
+            match self.fd.run() {
+                Ok(e) => {
+                    if let VcpuAction::Stop(reason) = handle_exit(e, buses) {
+                        exit.request(reason);
+                    }
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => exit.request(ExitReason::VcpuError(format!("vCPU {}: KVM_RUN: {e}", self.id))),
+            }
+        }
+    }
+}
+
+/// Kicks vCPU threads out of `KVM_RUN` until they have all returned.
+pub fn stop_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        while !h.is_finished() {
+            let _ = h.kill(SIGRTMIN());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = h.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::devices::bus::BusDevice;
+
+    struct Echo(Vec<u8>);
+    impl BusDevice for Echo {
+        fn read(&mut self, _o: u64, d: &mut [u8]) {
+            d.fill(0x42);
+        }
+        fn write(&mut self, _o: u64, d: &[u8]) {
+            self.0.extend_from_slice(d);
+        }
+    }
+
+    #[test]
+    fn exits_are_dispatched_to_buses() {
+        let mut buses = Buses::default();
+        let dev = Arc::new(Mutex::new(Echo(Vec::new())));
+        buses.pio.insert(0x3f8, 8, dev.clone()).unwrap();
+        buses.mmio.insert(0xd000_0000, 0x1000, dev.clone()).unwrap();
+        let mut d = [0u8; 1];
+        assert_eq!(handle_exit(VcpuExit::IoIn(0x3f8, &mut d), &buses), VcpuAction::Continue);
+        assert_eq!(d, [0x42]);
+        handle_exit(VcpuExit::IoIn(0x80, &mut d), &buses);
+        assert_eq!(d, [0xff], "unclaimed ports float high");
+        handle_exit(VcpuExit::IoOut(0x3f9, b"a"), &buses);
+        handle_exit(VcpuExit::MmioWrite(0xd000_0010, b"bc"), &buses);
+        assert_eq!(dev.lock().unwrap().0, b"abc");
+        let mut m = [0u8; 4];
+        handle_exit(VcpuExit::MmioRead(0xe000_0000, &mut m), &buses);
+        assert_eq!(m, [0xff; 4]);
+    }
+
+    #[test]
+    fn stop_exits_map_to_reasons() {
+        let buses = Buses::default();
+        assert_eq!(handle_exit(VcpuExit::Shutdown, &buses), VcpuAction::Stop(ExitReason::TripleFault));
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &buses),
+            VcpuAction::Stop(ExitReason::PowerOff)
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &buses),
+            VcpuAction::Stop(ExitReason::GuestReset)
+        );
+        assert!(matches!(
+            handle_exit(VcpuExit::FailEntry(0x21, 0), &buses),
+            VcpuAction::Stop(ExitReason::VcpuError(_))
+        ));
+    }
+}

@@ -1,0 +1,523 @@
+//! The guest-visible model of a passed-through PCI function.
+//!
+//! Configuration space is passed through to vfio-pci except for what the
+//! VMM must own: the BARs (guest addresses, sizing), the expansion ROM
+//! (hidden), the interrupt pin (no INTx), the multi-function bit, the MSI
+//! capability (unlinked; MSI-X is the supported mechanism) and the MSI-X
+//! Message Control bits. BARs are mmapped into the guest except the pages
+//! holding the MSI-X table and PBA, which trap here and are emulated.
+
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{MmapArea, RegionInfo, VfioBackend};
+use crate::interrupts::{InterruptError, MsiRouter};
+use crate::pci::bar::{decode_bar_type, BarInfo, BarShadow, MmioAllocator};
+use crate::pci::msix::{MsixCap, MsixState};
+use crate::pci::{merge_write, regs, PciDevice};
+
+const PAGE_SIZE: u64 = 4096;
+/// BARs up to this size go to the 32-bit window when it has room.
+const MAX_BAR_IN_MMIO32: u64 = 256 << 20;
+/// Bound on capability-list walking (a malformed list must not loop).
+const MAX_CAPS: usize = 48;
+
+/// Errors building the device model.
+#[derive(Debug, thiserror::Error)]
+pub enum VfioPciError {
+    /// No guest address space left for a BAR.
+    #[error("{0}: no guest MMIO space left for BAR{1} ({2:#x} bytes)")]
+    NoBarSpace(String, usize, u64),
+    /// GSI allocation failed.
+    #[error("{0}: cannot allocate interrupt routes")]
+    Interrupts(String, #[source] InterruptError),
+    /// Eventfd creation failed.
+    #[error("{0}: cannot create interrupt eventfds")]
+    EventFd(String, #[source] std::io::Error),
+}
+
+struct Msix {
+    cap: MsixCap,
+    state: MsixState,
+    fds: Vec<EventFd>,
+    gsi_base: u32,
+    host_enabled: bool,
+}
+
+/// A passed-through function on the emulated PCI bus.
+pub struct VfioPciDevice {
+    name: String,
+    dev: Arc<dyn VfioBackend>,
+    router: Arc<dyn MsiRouter>,
+    bars: Vec<BarInfo>,
+    regions: Vec<RegionInfo>,
+    shadow: BarShadow,
+    patches: Vec<(usize, u8)>,
+    hidden: Vec<(usize, usize)>,
+    msix: Option<Msix>,
+    int_line: u8,
+    mmaps: Vec<MmapArea>,
+    warned_move: bool,
+}
+
+fn cfg_u8(cfg: &[u8], off: usize) -> u8 {
+    cfg.get(off).copied().unwrap_or(0)
+}
+fn cfg_u16(cfg: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([cfg_u8(cfg, off), cfg_u8(cfg, off + 1)])
+}
+fn cfg_u32(cfg: &[u8], off: usize) -> u32 {
+    u32::from(cfg_u16(cfg, off)) | (u32::from(cfg_u16(cfg, off + 2)) << 16)
+}
+
+/// Capabilities found in configuration space.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CapScan {
+    /// The MSI-X capability, if any.
+    pub msix: Option<MsixCap>,
+    /// Byte patches that unlink hidden capabilities: (offset, new next pointer).
+    pub patches: Vec<(usize, u8)>,
+    /// Hidden capability ranges (offset, length) whose writes are dropped.
+    pub hidden: Vec<(usize, usize)>,
+}
+
+/// Walks the capability list, unlinking MSI and locating MSI-X.
+pub fn scan_capabilities(cfg: &[u8]) -> CapScan {
+    let mut scan = CapScan::default();
+    if cfg_u16(cfg, regs::STATUS) & regs::STATUS_CAP_LIST == 0 {
+        return scan;
+    }
+    let mut link = regs::CAP_PTR;
+    let mut ptr = usize::from(cfg_u8(cfg, regs::CAP_PTR) & !3);
+    let mut seen = 0;
+    while ptr >= 0x40 && ptr < regs::CONFIG_SPACE_SIZE && seen < MAX_CAPS {
+        seen += 1;
+        let id = cfg_u8(cfg, ptr);
+        let next = cfg_u8(cfg, ptr + 1) & !3;
+        match id {
+            regs::CAP_ID_MSI => {
+                scan.patches.push((link, next));
+                scan.hidden.push((ptr, 24));
+            }
+            regs::CAP_ID_MSIX => {
+                scan.msix = Some(MsixCap::parse(
+                    ptr,
+                    cfg_u16(cfg, ptr + 2),
+                    cfg_u32(cfg, ptr + 4),
+                    cfg_u32(cfg, ptr + 8),
+                ));
+                link = ptr + 1;
+            }
+            _ => link = ptr + 1,
+        }
+        ptr = usize::from(next);
+    }
+    scan
+}
+
+fn page_span(offset: u64, len: u64) -> (u64, u64) {
+    let start = offset / PAGE_SIZE * PAGE_SIZE;
+    let end = (offset + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    (start, end)
+}
+
+/// The parts of `bar` to mmap into the guest, as (offset, length): the
+/// host's mmappable areas minus the pages holding the MSI-X table and PBA,
+/// page-aligned. Everything else traps.
+pub fn mmap_plan(bar: &BarInfo, info: &RegionInfo, msix: Option<&MsixCap>) -> Vec<(u64, u64)> {
+    if !info.mmap {
+        return Vec::new();
+    }
+    let mut holes = Vec::new();
+    if let Some(c) = msix {
+        if c.table_bar == bar.index {
+            holes.push(page_span(c.table_offset, c.table_len()));
+        }
+        if c.pba_bar == bar.index {
+            holes.push(page_span(c.pba_offset, c.pba_len()));
+        }
+    }
+    if !holes.is_empty() && info.sparse.is_none() && !info.msix_mappable {
+        // Old kernels refuse to mmap a BAR holding the MSI-X table.
+        return Vec::new();
+    }
+    let mut areas = info.sparse.clone().unwrap_or_else(|| vec![(0, bar.size)]);
+    for (hs, he) in holes {
+        areas = areas
+            .into_iter()
+            .flat_map(|(s, l)| {
+                let e = s + l;
+                let mut out = Vec::new();
+                if s < hs.min(e) {
+                    out.push((s, hs.min(e) - s));
+                }
+                if he.max(s) < e {
+                    out.push((he.max(s), e - he.max(s)));
+                }
+                out
+            })
+            .collect();
+    }
+    areas
+        .into_iter()
+        .filter_map(|(s, l)| {
+            let start = s.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            let end = ((s + l).min(bar.size)) / PAGE_SIZE * PAGE_SIZE;
+            (end > start).then_some((start, end - start))
+        })
+        .collect()
+}
+
+/// The complement of `mapped` within `[0, size)`: the ranges that trap.
+pub fn trap_ranges(size: u64, mapped: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut m = mapped.to_vec();
+    m.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (s, l) in m {
+        if s > at {
+            out.push((at, s - at));
+        }
+        at = at.max(s + l);
+    }
+    if at < size {
+        out.push((at, size - at));
+    }
+    out
+}
+
+impl VfioPciDevice {
+    /// Builds the model for `dev`, placing its BARs in the given windows.
+    pub fn new(
+        name: &str,
+        dev: Arc<dyn VfioBackend>,
+        router: Arc<dyn MsiRouter>,
+        mmio32: &mut MmioAllocator,
+        mmio64: &mut MmioAllocator,
+    ) -> Result<Self, VfioPciError> {
+        // Start from a clean function: whatever the previous user left is gone.
+        dev.reset();
+        let mut cfg = vec![0u8; regs::CONFIG_SPACE_SIZE];
+        dev.config_read(0, &mut cfg);
+
+        let mut bars = Vec::new();
+        let mut regions = Vec::new();
+        let mut i = 0;
+        while i < 6 {
+            let info = dev.region(i as u32);
+            let reg = cfg_u32(&cfg, regs::BAR0 + 4 * i);
+            let size = info.size;
+            regions.push(info);
+            let Some((is_64, prefetchable)) = decode_bar_type(reg) else {
+                if size != 0 {
+                    log::warn!("{name}: BAR{i} is an I/O BAR; I/O BARs are not passed through");
+                }
+                i += 1;
+                continue;
+            };
+            if size == 0 {
+                i += 1;
+                continue;
+            }
+            let size = size.next_power_of_two().max(16);
+            let addr = if size <= MAX_BAR_IN_MMIO32 {
+                mmio32.allocate(size).or_else(|| is_64.then(|| mmio64.allocate(size)).flatten())
+            } else if is_64 {
+                mmio64.allocate(size)
+            } else {
+                mmio32.allocate(size)
+            }
+            .ok_or_else(|| VfioPciError::NoBarSpace(name.to_string(), i, size))?;
+            log::info!("{name}: BAR{i} {size:#x} bytes at guest {addr:#x}{}", if is_64 { " (64-bit)" } else { "" });
+            bars.push(BarInfo {
+                index: i,
+                size,
+                is_64,
+                prefetchable,
+                addr,
+            });
+            if is_64 {
+                regions.push(RegionInfo::default());
+                i += 1;
+            }
+            i += 1;
+        }
+
+        let scan = scan_capabilities(&cfg);
+        if !scan.hidden.is_empty() {
+            log::debug!("{name}: MSI capability hidden from the guest (MSI-X only)");
+        }
+        let msix = match scan.msix {
+            Some(cap) => {
+                let n = u32::from(cap.table_size).min(dev.msix_vectors().max(1));
+                let gsi_base = router
+                    .allocate_gsis(n)
+                    .map_err(|e| VfioPciError::Interrupts(name.to_string(), e))?;
+                let fds = (0..n)
+                    .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| VfioPciError::EventFd(name.to_string(), e))?;
+                log::info!("{name}: MSI-X with {n} vectors on GSIs {gsi_base}..{}", gsi_base + n);
+                Some(Msix {
+                    cap,
+                    state: MsixState::new(n as u16),
+                    fds,
+                    gsi_base,
+                    host_enabled: false,
+                })
+            }
+            None => {
+                log::warn!("{name}: no MSI-X capability; the guest driver will get no interrupts");
+                None
+            }
+        };
+
+        Ok(VfioPciDevice {
+            name: name.to_string(),
+            shadow: BarShadow::new(&bars),
+            dev,
+            router,
+            bars,
+            regions,
+            patches: scan.patches,
+            hidden: scan.hidden,
+            msix,
+            int_line: 0,
+            mmaps: Vec::new(),
+            warned_move: false,
+        })
+    }
+
+    /// The BARs as placed in the guest.
+    pub fn bars(&self) -> &[BarInfo] {
+        &self.bars
+    }
+
+    /// Parts of each BAR to map: (bar, offset in BAR, length).
+    pub fn mmap_areas(&self) -> Vec<(BarInfo, u64, u64)> {
+        let msix = self.msix.as_ref().map(|m| &m.cap);
+        self.bars
+            .iter()
+            .flat_map(|b| {
+                mmap_plan(b, &self.regions[b.index], msix)
+                    .into_iter()
+                    .map(move |(o, l)| (*b, o, l))
+            })
+            .collect()
+    }
+
+    /// Guest ranges (address, length) that must trap to this device.
+    pub fn trapped_ranges(&self) -> Vec<(u64, u64)> {
+        let areas = self.mmap_areas();
+        self.bars
+            .iter()
+            .flat_map(|b| {
+                let mapped: Vec<(u64, u64)> = areas
+                    .iter()
+                    .filter(|(a, _, _)| a.index == b.index)
+                    .map(|(_, o, l)| (*o, *l))
+                    .collect();
+                trap_ranges(b.size, &mapped)
+                    .into_iter()
+                    .map(move |(o, l)| (b.addr + o, l))
+            })
+            .collect()
+    }
+
+    /// Maps one area from the host device; the mapping lives as long as the device.
+    pub fn map_area(&mut self, bar: &BarInfo, offset: u64, len: u64) -> Result<u64, super::BackendError> {
+        let m = self.dev.mmap(bar.index as u32, offset, len)?;
+        let host = m.host_addr();
+        self.mmaps.push(m);
+        Ok(host)
+    }
+
+    fn update_vector(&self, i: usize) {
+        let Some(m) = &self.msix else { return };
+        let Some(fd) = m.fds.get(i) else { return };
+        let msg = m.state.vector_live(i).then(|| m.state.entries[i].message());
+        if let Err(e) = self.router.route(m.gsi_base + i as u32, msg, fd) {
+            log::error!("{}: MSI-X vector {i}: {e}", self.name);
+        }
+    }
+
+    fn update_msix(&mut self) {
+        let name = self.name.clone();
+        let Some(m) = self.msix.as_mut() else { return };
+        if m.state.enabled && !m.host_enabled {
+            let fds: Vec<&EventFd> = m.fds.iter().collect();
+            match self.dev.enable_msix(&fds) {
+                Ok(()) => m.host_enabled = true,
+                Err(e) => log::error!("{name}: enabling MSI-X on the host failed: {e}"),
+            }
+            log::debug!("{name}: MSI-X enabled");
+        }
+        let (n, disable) = (m.fds.len(), !m.state.enabled && m.host_enabled);
+        for i in 0..n {
+            self.update_vector(i);
+        }
+        if disable {
+            if let Err(e) = self.dev.disable_msix() {
+                log::error!("{name}: disabling MSI-X failed: {e}");
+            }
+            if let Some(m) = self.msix.as_mut() {
+                m.host_enabled = false;
+            }
+            log::debug!("{name}: MSI-X disabled");
+        }
+    }
+
+    fn check_bar_move(&mut self) {
+        for b in &self.bars {
+            let now = self.shadow.address(b);
+            let sizing = now == (!(b.size - 1) & if b.is_64 { u64::MAX } else { 0xffff_ffff }) & !0xf;
+            if now != b.addr && !sizing && now != 0 && !self.warned_move {
+                log::warn!(
+                    "{}: guest moved BAR{} from {:#x} to {now:#x}; BAR relocation is not supported, the device stays at the original address",
+                    self.name,
+                    b.index,
+                    b.addr
+                );
+                self.warned_move = true;
+            }
+        }
+    }
+
+    /// Handles a trapped read at guest address `addr`.
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Some(bar) = self.bars.iter().find(|b| b.contains(addr)).copied() else { return };
+        let off = addr - bar.addr;
+        if let Some(m) = self.msix.as_mut() {
+            let c = m.cap;
+            if c.table_bar == bar.index && off >= c.table_offset && off < c.table_offset + c.table_len() {
+                m.state.read_table(off - c.table_offset, data);
+                return;
+            }
+            if c.pba_bar == bar.index && off >= c.pba_offset && off < c.pba_offset + c.pba_len() {
+                return;
+            }
+        }
+        self.dev.region_read(bar.index as u32, off, data);
+    }
+
+    /// Handles a trapped write at guest address `addr`.
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        let Some(bar) = self.bars.iter().find(|b| b.contains(addr)).copied() else { return };
+        let off = addr - bar.addr;
+        if let Some(m) = self.msix.as_mut() {
+            let c = m.cap;
+            if c.table_bar == bar.index && off >= c.table_offset && off < c.table_offset + c.table_len() {
+                if let Some(v) = m.state.write_table(off - c.table_offset, data) {
+                    if m.state.enabled {
+                        self.update_vector(v);
+                    }
+                }
+                return;
+            }
+            if c.pba_bar == bar.index && off >= c.pba_offset && off < c.pba_offset + c.pba_len() {
+                return;
+            }
+        }
+        self.dev.region_write(bar.index as u32, off, data);
+    }
+
+    /// Disables interrupts and resets the function (start-up and shutdown).
+    pub fn quiesce(&mut self) {
+        if let Some(m) = self.msix.as_mut() {
+            m.state.enabled = false;
+        }
+        self.update_msix();
+        self.dev.reset();
+    }
+}
+
+impl PciDevice for VfioPciDevice {
+    fn read_config(&mut self, reg: usize) -> u32 {
+        let off = reg * 4;
+        let mut v = match off {
+            regs::BAR0..=0x27 => self.shadow.read(reg - regs::BAR0 / 4),
+            regs::ROM_BAR => 0,
+            _ if off < regs::CONFIG_SPACE_SIZE => {
+                let mut b = [0u8; 4];
+                self.dev.config_read(off as u64, &mut b);
+                u32::from_le_bytes(b)
+            }
+            _ => 0xffff_ffff,
+        };
+        if off == regs::INTERRUPT_LINE {
+            v = (v & 0xffff_0000) | u32::from(self.int_line);
+        }
+        if off == regs::HEADER_TYPE & !3 {
+            v &= !(u32::from(regs::HEADER_TYPE_MULTIFUNCTION) << 16);
+        }
+        for (o, val) in &self.patches {
+            if o / 4 == reg {
+                let shift = (o % 4) * 8;
+                v = (v & !(0xff << shift)) | (u32::from(*val) << shift);
+            }
+        }
+        if let Some(m) = &self.msix {
+            if m.cap.cap_offset / 4 == reg {
+                let ctl = ((v >> 16) as u16 & !(crate::pci::msix::CTL_ENABLE | crate::pci::msix::CTL_FUNCTION_MASK))
+                    | m.state.control_bits();
+                v = (v & 0xffff) | (u32::from(ctl) << 16);
+            }
+        }
+        v
+    }
+
+    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
+        let off = reg * 4;
+        match off {
+            regs::BAR0..=0x27 => {
+                let i = reg - regs::BAR0 / 4;
+                let merged = merge_write(self.shadow.read(i), offset, data);
+                self.shadow.write(i, merged);
+                self.check_bar_move();
+                return;
+            }
+            regs::ROM_BAR => return,
+            regs::INTERRUPT_LINE => {
+                if offset == 0 {
+                    if let Some(b) = data.first() {
+                        self.int_line = *b;
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        if let Some(m) = &self.msix {
+            if m.cap.cap_offset / 4 == reg {
+                if offset + data.len() > 2 {
+                    let merged = merge_write(self.read_config(reg), offset, data);
+                    let changed = self
+                        .msix
+                        .as_mut()
+                        .is_some_and(|m| m.state.write_control((merged >> 16) as u16));
+                    if changed {
+                        self.update_msix();
+                    }
+                }
+                return;
+            }
+        }
+        let byte = off + offset;
+        if self.hidden.iter().any(|(s, l)| byte >= *s && byte < s + l) {
+            return;
+        }
+        self.dev.config_write(byte as u64, data);
+    }
+}
+
+impl Drop for VfioPciDevice {
+    fn drop(&mut self) {
+        self.quiesce();
+    }
+}
+
+#[cfg(test)]
+#[path = "pci_device_tests.rs"]
+mod tests;

@@ -1,0 +1,1 @@
+//! Tests for the VFIO PCI device model.

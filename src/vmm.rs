@@ -1,0 +1,357 @@
+//! The build sequence: one linear function that reads like the boot
+//! procedure, then the wait for the guest to stop and the clean-up.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::register_signal_handler;
+use vmm_sys_util::terminal::Terminal;
+
+use crate::arch::x86_64::acpi::{self, PciWindows};
+use crate::arch::x86_64::{boot, layout};
+use crate::config::VmConfig;
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::bus::BusDevice;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{SerialConsole, Unbuffered};
+use crate::exit::{ExitReason, ExitSignal};
+use crate::interrupts::KvmMsiRouter;
+use crate::memory;
+use crate::pci::bar::MmioAllocator;
+use crate::pci::root::PciRoot;
+use crate::vcpu::{self, Buses, Vcpu};
+use crate::vfio::container::Container;
+use crate::vfio::host::HostDevice;
+use crate::vfio::pci_device::VfioPciDevice;
+use crate::vfio::VfioBackend;
+
+/// Errors building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// /dev/kvm could not be opened.
+    #[error("Cannot open /dev/kvm")]
+    Kvm(#[source] kvm_ioctls::Error),
+    /// A VM-level KVM ioctl failed.
+    #[error("KVM: cannot {0}")]
+    VmSetup(&'static str, #[source] kvm_ioctls::Error),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// Kernel loading.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    /// Device registration.
+    #[error("Cannot register device: {0}")]
+    Bus(#[from] crate::devices::bus::BusError),
+    /// PCI.
+    #[error(transparent)]
+    Pci(#[from] crate::pci::root::PciError),
+    /// VFIO container/device.
+    #[error(transparent)]
+    Container(#[from] crate::vfio::container::ContainerError),
+    /// VFIO device model.
+    #[error(transparent)]
+    VfioPci(#[from] crate::vfio::pci_device::VfioPciError),
+    /// VFIO BAR mapping.
+    #[error(transparent)]
+    VfioBackend(#[from] crate::vfio::BackendError),
+    /// Eventfd/thread/OS plumbing.
+    #[error("{0}")]
+    Os(&'static str, #[source] std::io::Error),
+}
+
+/// Signal number caught by the SIGINT/SIGTERM handler (0: none).
+static CAUGHT_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Eventfd the signal handler writes to wake the main thread (-1: none).
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_terminate(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    CAUGHT_SIGNAL.store(num, Ordering::SeqCst);
+    let fd = WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) is async-signal-safe; `one` is a valid 8-byte buffer.
+        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// Forwards trapped MMIO of a passed-through device's BAR pages.
+struct VfioTrap {
+    dev: Arc<Mutex<VfioPciDevice>>,
+    base: u64,
+}
+
+impl BusDevice for VfioTrap {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.dev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mmio_read(self.base + offset, data);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.dev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mmio_write(self.base + offset, data);
+    }
+}
+
+/// Hands out KVM memory slot numbers.
+struct Slots(u32);
+
+impl Slots {
+    fn map(&mut self, vm: &VmFd, gpa: u64, size: u64, host: u64) -> Result<(), VmmError> {
+        let region = kvm_userspace_memory_region {
+            slot: self.0,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: `host` is a live mapping of `size` bytes (guest RAM or a
+        // VFIO BAR mmap) that outlives the VM: both are owned by `Vm` and
+        // dropped after the vCPUs have stopped.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| VmmError::VmSetup("add a memory slot", e))?;
+        self.0 += 1;
+        Ok(())
+    }
+}
+
+/// Raw terminal mode for the serial console, restored on drop.
+struct RawTerminal(bool);
+
+impl RawTerminal {
+    fn enter() -> Self {
+        let stdin = std::io::stdin();
+        let lock = stdin.lock();
+        use std::io::IsTerminal;
+        let raw = std::io::stdin().is_terminal() && lock.set_raw_mode().is_ok();
+        RawTerminal(raw)
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
+/// Ctrl-A, then 'x': leave the VM from the console (as in QEMU).
+const ESCAPE: u8 = 0x01;
+
+fn spawn_stdin(serial: Arc<Mutex<SerialConsole>>, exit: Arc<ExitSignal>, tty: bool) -> Result<(), VmmError> {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut escaped = false;
+            let mut stdin = std::io::stdin();
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut input = Vec::with_capacity(n);
+                for b in &buf[..n] {
+                    if tty && escaped {
+                        escaped = false;
+                        if *b == b'x' {
+                            exit.request(ExitReason::Signal(libc::SIGINT));
+                            return;
+                        }
+                    } else if tty && *b == ESCAPE {
+                        escaped = true;
+                        continue;
+                    }
+                    input.push(*b);
+                }
+                let mut rest = &input[..];
+                while !rest.is_empty() && !exit.requested() {
+                    let taken = serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(rest);
+                    rest = &rest[taken..];
+                    if !rest.is_empty() {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| VmmError::Os("cannot start the console input thread", e))
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
+    let vm = kvm.create_vm().map_err(|e| VmmError::VmSetup("create the VM", e))?;
+    vm.set_tss_address(layout::KVM_TSS_START.0 as usize)
+        .map_err(|e| VmmError::VmSetup("set the TSS address", e))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_START.0)
+        .map_err(|e| VmmError::VmSetup("set the identity map address", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| VmmError::VmSetup("create the in-kernel irqchip", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| VmmError::VmSetup("create the PIT", e))?;
+    Ok(vm)
+}
+
+fn register_ram(vm: &VmFd, mem: &GuestMemoryMmap, slots: &mut Slots) -> Result<(), VmmError> {
+    for region in mem.iter() {
+        slots.map(
+            vm,
+            region.start_addr().0,
+            region.len(),
+            region.as_ptr() as u64,
+        )?;
+    }
+    Ok(())
+}
+
+/// Boots the VM described by `cfg` with the checked `devices`, waits for it
+/// to stop, cleans up, and returns why it stopped.
+pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmError> {
+    let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+    let vm = Arc::new(create_vm(&kvm)?);
+    let mem = memory::create_guest_memory(cfg.memory)?;
+    let mut slots = Slots(0);
+    register_ram(&vm, &mem, &mut slots)?;
+    let exit = Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
+
+    // Legacy devices on the port I/O bus.
+    let mut buses = Buses::default();
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Os("cannot create an eventfd", e))?;
+    vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+        .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(
+        serial_irq,
+        Box::new(Unbuffered(std::io::stdout())),
+    )));
+    buses.pio.insert(u64::from(layout::SERIAL_PORT), u64::from(layout::SERIAL_PORT_LEN), serial.clone())?;
+    buses.pio.insert(
+        u64::from(layout::I8042_PORT),
+        u64::from(layout::I8042_PORT_LEN),
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+    )?;
+    buses.pio.insert(
+        u64::from(layout::ACPI_PM_PORT),
+        u64::from(layout::ACPI_PM_PORT_LEN),
+        Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+    )?;
+
+    // PCI: host bridge plus one slot per passed-through function.
+    let windows = PciWindows {
+        mmio32: (layout::PCI_MMIO32_START.0, layout::PCI_MMIO32_SIZE),
+        mmio64: (layout::pci_mmio64_start(memory::ram_end(cfg.memory)), layout::PCI_MMIO64_SIZE),
+    };
+    let mut mmio32 = MmioAllocator::new(windows.mmio32.0, windows.mmio32.1);
+    let mut mmio64 = MmioAllocator::new(windows.mmio64.0, windows.mmio64.1);
+    let mut root = PciRoot::new();
+    let mut container = None;
+    let mut vfio_devices = Vec::new();
+    if !devices.is_empty() {
+        let mut c = Container::new(&vm)?;
+        let router = Arc::new(KvmMsiRouter::new(vm.clone()));
+        for d in devices {
+            let name = d.bdf.to_string();
+            let backend: Arc<dyn VfioBackend> = Arc::new(c.open_device(&name, &d.sysfs)?);
+            let mut pci = VfioPciDevice::new(&name, backend, router.clone(), &mut mmio32, &mut mmio64)?;
+            for (bar, off, len) in pci.mmap_areas() {
+                let host = pci.map_area(&bar, off, len)?;
+                slots.map(&vm, bar.addr + off, len, host)?;
+                log::debug!("{name}: BAR{} +{off:#x} ({len:#x} bytes) mapped into the guest", bar.index);
+            }
+            let traps = pci.trapped_ranges();
+            let pci = Arc::new(Mutex::new(pci));
+            for (addr, len) in traps {
+                log::debug!("{name}: trapping {addr:#x}+{len:#x}");
+                buses.mmio.insert(addr, len, Arc::new(Mutex::new(VfioTrap { dev: pci.clone(), base: addr })))?;
+            }
+            let slot = root.add_device(pci.clone())?;
+            log::info!("{name}: passed through as guest PCI 0000:00:{slot:02x}.0");
+            vfio_devices.push(pci);
+        }
+        c.map_guest_memory(&mem)?;
+        log::info!("guest RAM ({} MiB) mapped for device DMA", cfg.memory >> 20);
+        container = Some(c);
+    }
+    buses.pio.insert(
+        u64::from(layout::PCI_CONFIG_PORT),
+        u64::from(layout::PCI_CONFIG_PORT_LEN),
+        Arc::new(Mutex::new(root)),
+    )?;
+
+    // Firmware tables and the kernel.
+    acpi::write_tables(&mem, cfg.cpus, windows)?;
+    let entry = boot::load(&mem, cfg.memory, &cfg.kernel, cfg.initramfs.as_deref(), &cfg.cmdline)?;
+    log::info!("kernel entry {:#x} ({:?})", entry.entry, entry.mode);
+
+    // vCPUs.
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmmError::VmSetup("read supported CPUID", e))?;
+    let vcpus = (0..cfg.cpus)
+        .map(|id| Vcpu::new(&vm, &mem, &supported, id, cfg.cpus, &entry))
+        .collect::<Result<Vec<_>, _>>()?;
+    vcpu::install_kick_handler()?;
+    WAKE_FD.store(std::os::fd::AsRawFd::as_raw_fd(exit.eventfd()), Ordering::SeqCst);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        register_signal_handler(sig, on_terminate)
+            .map_err(|e| VmmError::Os("cannot install signal handlers", std::io::Error::from_raw_os_error(e.errno())))?;
+    }
+
+    let term = RawTerminal::enter();
+    spawn_stdin(serial, exit.clone(), term.0)?;
+    let buses = Arc::new(buses);
+    let started = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for v in vcpus {
+        handles.push(v.spawn(buses.clone(), exit.clone())?);
+    }
+
+    // Wait for a stop request.
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(exit.eventfd()),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd array of length 1.
+        unsafe { libc::poll(&mut pfd, 1, -1) };
+        let _ = exit.eventfd().read();
+        let sig = CAUGHT_SIGNAL.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            exit.request(ExitReason::Signal(sig));
+        }
+        if exit.requested() {
+            break;
+        }
+    }
+    vcpu::stop_all(handles);
+    drop(term);
+    log::info!("guest ran for {:.3} s", started.elapsed().as_secs_f64());
+
+    // Tear down: quiesce and reset devices, release DMA pins.
+    for d in &vfio_devices {
+        d.lock().unwrap_or_else(|e| e.into_inner()).quiesce();
+    }
+    if let Some(c) = container.as_mut() {
+        c.unmap_guest_memory(&mem);
+    }
+    WAKE_FD.store(-1, Ordering::SeqCst);
+    Ok(exit.reason().unwrap_or(ExitReason::PowerOff))
+}

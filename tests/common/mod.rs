@@ -1,0 +1,107 @@
+//! Helpers shared by the integration tests: tiny guest kernels, running the
+//! binary with a deadline, skip checks.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the tiny guests are loaded and entered (above the 1 MiB kernel floor).
+pub const TINY_ENTRY: u64 = 0x20_0000;
+
+/// 64-bit code: print `msg` on COM1, then power off through the ACPI sleep
+/// control register (SLP_TYP=5, SLP_EN), then halt forever.
+pub fn tiny_poweroff_code(msg: &[u8], pm_value: u8) -> Vec<u8> {
+    let mut c = Vec::new();
+    c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    c.extend_from_slice(&[0x48, 0x8d, 0x35]); // lea rsi, [rip + msg]
+    c.extend_from_slice(&(32i32 - 11).to_le_bytes());
+    c.push(0xb9); // mov ecx, len
+    c.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    c.extend_from_slice(&[0xac, 0xee]); // loop: lodsb; out dx, al
+    c.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfa]); // dec ecx; jnz loop
+    c.extend_from_slice(&[0x66, 0xba, 0x00, 0x06]); // mov dx, 0x600
+    c.extend_from_slice(&[0xb0, pm_value, 0xee]); // mov al, value; out dx, al
+    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+    assert_eq!(c.len(), 32);
+    c.extend_from_slice(msg);
+    c
+}
+
+/// Wraps `code` in a minimal ELF64 executable loaded and entered at `TINY_ENTRY`.
+pub fn elf64(code: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&TINY_ENTRY.to_le_bytes()); // e_entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    e.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    e.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    e.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    e.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    e.extend_from_slice(&120u64.to_le_bytes()); // p_offset
+    e.extend_from_slice(&TINY_ENTRY.to_le_bytes()); // p_vaddr
+    e.extend_from_slice(&TINY_ENTRY.to_le_bytes()); // p_paddr
+    e.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    e.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    e.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(e.len(), 120);
+    e.extend_from_slice(code);
+    e
+}
+
+/// Returns a reason to skip if KVM cannot be used here.
+pub fn kvm_unusable() -> Option<String> {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm not usable: {e}")),
+    }
+}
+
+/// Runs the vflaunch binary with `args`, killing it after `timeout`.
+pub fn run_vflaunch(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vflaunch"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn vflaunch");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stdout = Vec::new();
+            let mut stderr = Vec::new();
+            child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+            child.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
+            return Output { status, stdout, stderr };
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "vflaunch {args:?} did not finish in {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `bytes` to `dir/name` and returns the path as a string.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_string_lossy().into_owned()
+}
