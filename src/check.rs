@@ -26,13 +26,21 @@ pub fn report(
             }
         };
     };
-    line("/dev/kvm", host::check_kvm(p).map(|_| None).map_err(|e| e.to_string()));
+    line(
+        "/dev/kvm",
+        host::check_kvm(p).map(|_| None).map_err(|e| e.to_string()),
+    );
     if devices.is_empty() {
-        line("devices", Ok(Some("none given (--device, PCIDEVICE_* or network-info)")));
+        line(
+            "devices",
+            Ok(Some("none given (--device, PCIDEVICE_* or network-info)")),
+        );
     } else {
         line(
             "locked memory",
-            host::check_memlock(memory).map(|_| None).map_err(|e| e.to_string()),
+            host::check_memlock(memory)
+                .map(|_| None)
+                .map_err(|e| e.to_string()),
         );
         line(
             "interrupt remapping",
@@ -75,8 +83,15 @@ mod tests {
         let code = report(&p, &[bdf], 64 << 20, true, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(code, 3, "{text}");
-        assert!(text.lines().any(|l| l.starts_with("FAILED  /dev/kvm")), "{text}");
-        assert!(text.lines().any(|l| l.starts_with("FAILED  0000:03:02.1") && l.contains("not found")), "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("FAILED  /dev/kvm")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("FAILED  0000:03:02.1") && l.contains("not found")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
     /// Kernel command line, under 2048 bytes [default: "console=ttyS0 panic=-1"]
-    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
     /// Guest memory with a K, M, G or T suffix (binary); a plain number is MiB.
     /// 64M to 1T, a multiple of 2M [default: 512M]
@@ -259,47 +259,51 @@ mod tests {
     use super::*;
     use crate::pci_addr::PciAddrError;
 
-    struct Fixture {
-        dir: tempfile::TempDir,
-        kernel: String,
-    }
+    /// A temp dir holding a kernel `k`; `$D` in argv strings expands to it.
+    struct Fixture(tempfile::TempDir);
 
     fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("bzImage");
-        fs::write(&kernel, b"kernel").unwrap();
-        let kernel = kernel.to_string_lossy().into_owned();
-        Fixture { dir, kernel }
-    }
-
-    impl Fixture {
-        fn path(&self, name: &str) -> PathBuf {
-            self.dir.path().join(name)
-        }
-        fn write(&self, name: &str, text: &str) -> String {
-            fs::write(self.path(name), text).unwrap();
-            self.path(name).to_string_lossy().into_owned()
-        }
-        /// Parses `run` argv and builds the config; the default network-info
-        /// path is `<dir>/network-info`.
-        fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Result<VmConfig, CliError> {
-            let mut argv = vec!["vflaunch", "run"];
-            argv.extend_from_slice(args);
-            let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command else {
-                panic!("not run");
-            };
-            run.into_config_with(&env_vec(env), &self.path("network-info"))
-        }
+        let f = Fixture(tempfile::tempdir().unwrap());
+        f.write("k", "kernel");
+        f
     }
 
     fn env_vec(env: &[(&str, &str)]) -> Vec<(String, String)> {
-        env.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        let owned = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
+        env.iter().map(owned).collect()
     }
 
     fn bdfs(list: &[&str]) -> Vec<Bdf> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    impl Fixture {
+        fn dir(&self) -> String {
+            self.0.path().to_string_lossy().into_owned()
+        }
+        fn write(&self, name: &str, text: &str) {
+            fs::write(self.0.path().join(name), text).unwrap();
+        }
+        /// Parses whitespace-separated argv after `vflaunch`.
+        fn parse(&self, args: &str) -> Result<Cli, clap::Error> {
+            let args = args.replace("$D", &self.dir());
+            Cli::try_parse_from(["vflaunch"].into_iter().chain(args.split_whitespace()))
+        }
+        /// `vflaunch run ARGS` → config; the default network-info path is `$D/network-info`.
+        fn run(&self, args: &str, env: &[(&str, &str)]) -> Result<VmConfig, CliError> {
+            let Command::Run(run) = self.parse(&format!("run {args}")).unwrap().command else {
+                panic!("not run");
+            };
+            run.into_config_with(&env_vec(env), &self.0.path().join("network-info"))
+        }
+        fn check(&self, args: &str, env: &[(&str, &str)]) -> (CheckArgs, Vec<Bdf>) {
+            let Command::Check(check) = self.parse(&format!("check {args}")).unwrap().command
+            else {
+                panic!("not check");
+            };
+            let devices = check.devices_with(&env_vec(env), &self.0.path().join("network-info"));
+            (check, devices.unwrap())
+        }
     }
 
     #[test]
@@ -310,11 +314,16 @@ mod tests {
     #[test]
     fn help_teaches_examples_units_and_defaults() {
         let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("--device 0000:03:02.1"), "{help}");
-        assert!(help.contains("PCIDEVICE_"), "{help}");
+        assert!(
+            help.contains("--device 0000:03:02.1") && help.contains("PCIDEVICE_"),
+            "{help}"
+        );
         let mut cmd = Cli::command();
-        let run = cmd.find_subcommand_mut("run").unwrap();
-        let help = run.render_long_help().to_string();
+        let help = cmd
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
         for needle in [
             "[default: 512M]",
             "plain number is MiB",
@@ -323,55 +332,41 @@ mod tests {
         ] {
             assert!(help.contains(needle), "missing {needle:?} in {help}");
         }
-        let version = Cli::try_parse_from(["vflaunch", "--version"]).unwrap_err();
+        let version = fixture().parse("--version").unwrap_err();
         assert_eq!(version.kind(), ErrorKind::DisplayVersion);
     }
 
     #[test]
     fn defaults() {
         let f = fixture();
-        let cfg = f.run(&["--kernel", &f.kernel], &[]).unwrap();
-        assert_eq!(cfg, VmConfig::new(&f.kernel));
+        let cfg = f.run("--kernel $D/k", &[]).unwrap();
+        assert_eq!(cfg, VmConfig::new(f.0.path().join("k")));
     }
 
     #[test]
     fn flags_override_config_file_which_overrides_defaults() {
         let f = fixture();
-        let initrd = f.write("initrd", "x");
-        let config = f.write(
+        f.write("i", "initrd");
+        f.write("k2", "kernel");
+        let d = f.dir();
+        f.write(
             "vm.json",
             &format!(
-                r#"{{"kernel": {:?}, "initramfs": {initrd:?}, "cmdline": "quiet", "memory": 1024, "cpus": 2, "allow_unsafe_interrupts": true}}"#,
-                f.kernel
+                r#"{{"kernel": "{d}/k", "initramfs": "{d}/i", "cmdline": "quiet", "memory": 1024,
+                    "cpus": 2, "allow_unsafe_interrupts": true}}"#
             ),
         );
-        let cfg = f.run(&["--config", &config], &[]).unwrap();
-        assert_eq!(cfg.kernel, PathBuf::from(&f.kernel));
-        assert_eq!(cfg.initramfs, Some(PathBuf::from(&initrd)));
+        let cfg = f.run("--config $D/vm.json", &[]).unwrap();
+        assert_eq!(cfg.kernel, f.0.path().join("k"));
+        assert_eq!(cfg.initramfs, Some(f.0.path().join("i")));
         assert_eq!(
             (cfg.cmdline.as_str(), cfg.memory, cfg.cpus),
             ("quiet", 1 << 30, 2)
         );
         assert!(cfg.allow_unsafe_interrupts);
-        let other = f.write("other", "k");
-        let cfg = f
-            .run(
-                &[
-                    "--config",
-                    &config,
-                    "--kernel",
-                    &other,
-                    "--memory",
-                    "2G",
-                    "--cpus",
-                    "4",
-                    "--cmdline",
-                    "console=hvc0",
-                ],
-                &[],
-            )
-            .unwrap();
-        assert_eq!(cfg.kernel, PathBuf::from(&other));
+        let args = "--config $D/vm.json --kernel $D/k2 --memory 2G --cpus 4 --cmdline console=hvc0";
+        let cfg = f.run(args, &[]).unwrap();
+        assert_eq!(cfg.kernel, f.0.path().join("k2"));
         assert_eq!(
             (cfg.cmdline.as_str(), cfg.memory, cfg.cpus),
             ("console=hvc0", 2 << 30, 4)
@@ -381,25 +376,13 @@ mod tests {
     #[test]
     fn devices_are_union_of_flags_and_config_deduplicated() {
         let f = fixture();
-        let config = f.write(
+        f.write(
             "vm.json",
             r#"{"devices": ["0000:03:04.3", "0000:03:02.1"]}"#,
         );
-        let cfg = f
-            .run(
-                &[
-                    "--kernel",
-                    &f.kernel,
-                    "--device",
-                    "03:02.1,0000:03:02.2",
-                    "--vfio",
-                    "0000:03:02.1",
-                    "--config",
-                    &config,
-                ],
-                &[("PCIDEVICE_X", "0000:99:00.1")],
-            )
-            .unwrap();
+        let args =
+            "--kernel $D/k --device 03:02.1,0000:03:02.2 --vfio 0000:03:02.1 --config $D/vm.json";
+        let cfg = f.run(args, &[("PCIDEVICE_X", "0000:99:00.1")]).unwrap();
         assert_eq!(
             cfg.devices,
             bdfs(&["0000:03:02.1", "0000:03:02.2", "0000:03:04.3"])
@@ -410,29 +393,19 @@ mod tests {
     fn env_intake_is_default_only_without_explicit_devices() {
         let f = fixture();
         let env = [("PCIDEVICE_INTEL_COM_SRIOV", "0000:03:02.1,0000:03:04.3,")];
-        let cfg = f.run(&["--kernel", &f.kernel], &env).unwrap();
+        let cfg = f.run("--kernel $D/k", &env).unwrap();
         assert_eq!(cfg.devices, bdfs(&["0000:03:02.1", "0000:03:04.3"]));
-        let cfg = f
-            .run(&["--kernel", &f.kernel, "--no-devices-from-env"], &env)
-            .unwrap();
+        let cfg = f.run("--kernel $D/k --no-devices-from-env", &env).unwrap();
         assert!(cfg.devices.is_empty());
-        let empty = f.write("vm.json", r#"{"devices": []}"#);
-        let cfg = f
-            .run(&["--kernel", &f.kernel, "--config", &empty], &env)
-            .unwrap();
+        f.write("vm.json", r#"{"devices": []}"#);
+        let cfg = f.run("--kernel $D/k --config $D/vm.json", &env).unwrap();
         assert!(
             cfg.devices.is_empty(),
             "an explicit empty list disables the default"
         );
         let cfg = f
             .run(
-                &[
-                    "--kernel",
-                    &f.kernel,
-                    "--device",
-                    "0000:65:00.0",
-                    "--devices-from-env",
-                ],
+                "--kernel $D/k --device 0000:65:00.0 --devices-from-env",
                 &env,
             )
             .unwrap();
@@ -447,29 +420,18 @@ mod tests {
         let f = fixture();
         f.write("network-info", r#"{"net1": "0000:04:02.5"}"#);
         let env = [("PCI_RESOURCE_A", "0000:04:02.5,0000:04:02.6")];
-        let cfg = f.run(&["--kernel", &f.kernel], &env).unwrap();
+        let cfg = f.run("--kernel $D/k", &env).unwrap();
         assert_eq!(cfg.devices, bdfs(&["0000:04:02.5", "0000:04:02.6"]));
-        let other = f.write(
+        let pci = r#"{"type":"pci","pci":{"pci-address":"0000:65:00.2"}}"#;
+        f.write(
             "ni.json",
-            r#"{"interfaces":[{"network":"foo","deviceInfo":{"type":"pci","pci":{"pci-address":"0000:65:00.2"}}}]}"#,
+            &format!(r#"{{"interfaces":[{{"network":"a","deviceInfo":{pci}}}]}}"#),
         );
-        let cfg = f
-            .run(
-                &[
-                    "--kernel",
-                    &f.kernel,
-                    "--device",
-                    "0000:03:02.1",
-                    "--network-info",
-                    &other,
-                ],
-                &env,
-            )
-            .unwrap();
+        let args = "--kernel $D/k --device 0000:03:02.1 --network-info $D/ni.json";
+        let cfg = f.run(args, &env).unwrap();
         assert_eq!(cfg.devices, bdfs(&["0000:03:02.1", "0000:65:00.2"]));
-        let missing = f.path("nope").to_string_lossy().into_owned();
         let err = f
-            .run(&["--kernel", &f.kernel, "--network-info", &missing], &[])
+            .run("--kernel $D/k --network-info $D/nope", &[])
             .unwrap_err();
         assert!(matches!(
             err,
@@ -480,29 +442,21 @@ mod tests {
     #[test]
     fn devices_from_env_requires_something_to_be_found() {
         let f = fixture();
-        let err = f
-            .run(&["--kernel", &f.kernel, "--devices-from-env"], &[])
-            .unwrap_err();
+        let err = f.run("--kernel $D/k --devices-from-env", &[]).unwrap_err();
         assert!(matches!(err, CliError::NoEnvDevices));
-        let conflict = Cli::try_parse_from([
-            "vflaunch",
-            "run",
-            "--devices-from-env",
-            "--no-devices-from-env",
-        ])
-        .unwrap_err();
-        assert_eq!(conflict.kind(), ErrorKind::ArgumentConflict);
+        let err = f
+            .parse("run --devices-from-env --no-devices-from-env")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
     }
 
     #[test]
     fn missing_kernel() {
         let f = fixture();
-        let err = f.run(&["--memory", "1G"], &[]).unwrap_err();
+        let err = f.run("--memory 1G", &[]).unwrap_err();
         assert!(matches!(err, CliError::NoKernel));
         assert!(err.to_string().contains("--kernel PATH"));
-        let err = f
-            .run(&["--kernel", &f.path("none").to_string_lossy()], &[])
-            .unwrap_err();
+        let err = f.run("--kernel $D/none", &[]).unwrap_err();
         assert!(matches!(
             err,
             CliError::Config(ConfigError::FileMissing { .. })
@@ -511,41 +465,33 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected_with_the_right_error() {
-        let err = Cli::try_parse_from(["vflaunch", "run", "--device", "0000:03:02.9"]).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::ValueValidation);
-        let source = std::error::Error::source(&err).unwrap();
-        assert!(matches!(
-            source.downcast_ref(),
-            Some(PciAddrError::Function(_))
-        ));
-        let err = Cli::try_parse_from(["vflaunch", "run", "--memory", "2GB"]).unwrap_err();
-        let source = std::error::Error::source(&err).unwrap();
-        assert!(matches!(
-            source.downcast_ref(),
-            Some(ConfigError::InvalidSize(_))
-        ));
-        let err = Cli::try_parse_from(["vflaunch", "run", "--cpus", "33"]).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::ValueValidation);
-
         let f = fixture();
         let err = f
-            .run(&["--kernel", &f.kernel], &[("PCIDEVICE_A", "bogus")])
+            .parse("run --device 0000:03:02.1,0000:03:02.9")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let src = std::error::Error::source(&err).and_then(|e| e.downcast_ref());
+        assert!(matches!(src, Some(PciAddrError::Function(_))), "{err}");
+        let err = f.parse("check --memory 2GB").unwrap_err();
+        let src = std::error::Error::source(&err).and_then(|e| e.downcast_ref());
+        assert!(matches!(src, Some(ConfigError::InvalidSize(_))), "{err}");
+        let err = f.parse("run --cpus 33").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+
+        let err = f
+            .run("--kernel $D/k", &[("PCIDEVICE_A", "bogus")])
             .unwrap_err();
         assert!(matches!(
             err,
             CliError::Intake(IntakeError::BadAddress { .. })
         ));
-        let err = f
-            .run(&["--kernel", &f.kernel, "--memory", "101M"], &[])
-            .unwrap_err();
+        let err = f.run("--kernel $D/k --memory 101M", &[]).unwrap_err();
         assert!(matches!(
             err,
             CliError::Config(ConfigError::MemoryUnaligned(_))
         ));
-        let config = f.write("vm.json", r#"{"memory": "big"}"#);
-        let err = f
-            .run(&["--kernel", &f.kernel, "--config", &config], &[])
-            .unwrap_err();
+        f.write("vm.json", r#"{"memory": "big"}"#);
+        let err = f.run("--kernel $D/k --config $D/vm.json", &[]).unwrap_err();
         assert!(matches!(
             err,
             CliError::Config(ConfigError::JsonFile { .. })
@@ -555,40 +501,21 @@ mod tests {
     #[test]
     fn check_args() {
         let f = fixture();
-        let parse = |args: &[&str]| {
-            let mut argv = vec!["vflaunch", "check"];
-            argv.extend_from_slice(args);
-            match Cli::try_parse_from(argv).unwrap().command {
-                Command::Check(c) => c,
-                Command::Run(_) => panic!("not check"),
-            }
-        };
-        let env = env_vec(&[("PCIDEVICE_A", "0000:03:02.1")]);
-        let default_info = f.path("network-info");
-        let check = parse(&[]);
-        assert_eq!(check.memory, DEFAULT_MEMORY);
-        assert!(!check.allow_unsafe_interrupts);
+        let env = [("PCIDEVICE_A", "0000:03:02.1")];
+        let (check, devices) = f.check("", &env);
         assert_eq!(
-            check.devices_with(&env, &default_info).unwrap(),
-            bdfs(&["0000:03:02.1"])
+            (check.memory, check.allow_unsafe_interrupts),
+            (DEFAULT_MEMORY, false)
         );
-        let check = parse(&[
-            "--device",
-            "0000:04:00.0",
-            "--memory",
-            "2G",
-            "--allow-unsafe-interrupts",
-        ]);
-        assert_eq!(check.memory, 2 << 30);
-        assert!(check.allow_unsafe_interrupts);
+        assert_eq!(devices, bdfs(&["0000:03:02.1"]));
+        let (check, devices) =
+            f.check("--device 4:0.0 --memory 2G --allow-unsafe-interrupts", &env);
         assert_eq!(
-            check.devices_with(&env, &default_info).unwrap(),
-            bdfs(&["0000:04:00.0"])
+            (check.memory, check.allow_unsafe_interrupts),
+            (2 << 30, true)
         );
-        let check = parse(&["--device", "0000:04:00.0", "--devices-from-env"]);
-        assert_eq!(
-            check.devices_with(&env, &default_info).unwrap(),
-            bdfs(&["0000:04:00.0", "0000:03:02.1"])
-        );
+        assert_eq!(devices, bdfs(&["0000:04:00.0"]));
+        let (_, devices) = f.check("--device 0000:04:00.0 --devices-from-env", &env);
+        assert_eq!(devices, bdfs(&["0000:04:00.0", "0000:03:02.1"]));
     }
 }

@@ -75,7 +75,10 @@ impl ExitSignal {
 
     /// The recorded reason, if a stop was requested.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True once a stop was requested.

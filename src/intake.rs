@@ -90,6 +90,14 @@ pub struct EnvDevice {
     pub vfio_dev_mount: Option<PathBuf>,
 }
 
+/// The process environment as `(name, value)` pairs for [`devices_from_env`].
+/// Variables that are not valid UTF-8 are skipped (`std::env::vars` panics on them).
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
 /// Splits a comma-separated address list, tolerating spaces and empty items.
 fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
     value

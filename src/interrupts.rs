@@ -196,7 +196,12 @@ pub mod tests {
             *n += count;
             Ok(first)
         }
-        fn route(&self, gsi: u32, msg: Option<MsiMessage>, _fd: &EventFd) -> Result<(), InterruptError> {
+        fn route(
+            &self,
+            gsi: u32,
+            msg: Option<MsiMessage>,
+            _fd: &EventFd,
+        ) -> Result<(), InterruptError> {
             let mut r = self.routes.lock().unwrap();
             match msg {
                 Some(m) => r.insert(gsi, m),

@@ -31,7 +31,13 @@ fn run(args: RunArgs, env: &[(String, String)]) -> Result<ExitReason, Error> {
 
 fn check(args: CheckArgs, env: &[(String, String)]) -> i32 {
     match args.devices(env) {
-        Ok(devices) => vflaunch::check::report(&HostPaths::default(), &devices, args.memory, args.allow_unsafe_interrupts, &mut std::io::stdout()),
+        Ok(devices) => vflaunch::check::report(
+            &HostPaths::default(),
+            &devices,
+            args.memory,
+            args.allow_unsafe_interrupts,
+            &mut std::io::stdout(),
+        ),
         Err(e) => {
             let e = Error::from(e);
             eprintln!("vflaunch: error: {}", error_line(&e));
@@ -51,7 +57,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .init();
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    let env = vflaunch::intake::process_env();
     let code = match cli.command {
         Command::Run(args) => match run(args, &env) {
             Ok(reason) => {

@@ -36,7 +36,7 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 }
 
 /// One e820 entry type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum E820Kind {
     /// Usable RAM.
     Ram,
@@ -75,10 +75,7 @@ pub fn e820_map(size: u64) -> Vec<(u64, u64, E820Kind)> {
 
 /// The end of guest RAM (exclusive) in guest-physical addresses.
 pub fn ram_end(size: u64) -> u64 {
-    ram_ranges(size)
-        .last()
-        .map(|(a, s)| a.0 + s)
-        .unwrap_or(0)
+    ram_ranges(size).last().map(|(a, s)| a.0 + s).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -102,12 +99,11 @@ mod tests {
     #[test]
     fn e820_covers_ram_and_reserves_bios() {
         let m = e820_map(256 << 20);
-        let ram: u64 = m
-            .iter()
-            .filter(|e| e.2 == E820Kind::Ram)
-            .map(|e| e.1)
-            .sum();
-        assert_eq!(ram, (256 << 20) - (layout::HIMEM_START.0 - layout::EBDA_START.0));
+        let ram: u64 = m.iter().filter(|e| e.2 == E820Kind::Ram).map(|e| e.1).sum();
+        assert_eq!(
+            ram,
+            (256 << 20) - (layout::HIMEM_START.0 - layout::EBDA_START.0)
+        );
         assert!(m
             .iter()
             .any(|e| e.0 == layout::RSDP_START.0 && e.2 == E820Kind::Reserved));

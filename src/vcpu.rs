@@ -162,7 +162,10 @@ impl Vcpu {
                     }
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                Err(e) => exit.request(ExitReason::VcpuError(format!("vCPU {}: KVM_RUN: {e}", self.id))),
+                Err(e) => exit.request(ExitReason::VcpuError(format!(
+                    "vCPU {}: KVM_RUN: {e}",
+                    self.id
+                ))),
             }
         }
     }
@@ -203,7 +206,10 @@ mod tests {
         buses.pio.insert(0x3f8, 8, dev.clone()).unwrap();
         buses.mmio.insert(0xd000_0000, 0x1000, dev.clone()).unwrap();
         let mut d = [0u8; 1];
-        assert_eq!(handle_exit(VcpuExit::IoIn(0x3f8, &mut d), &buses), VcpuAction::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x3f8, &mut d), &buses),
+            VcpuAction::Continue
+        );
         assert_eq!(d, [0x42]);
         handle_exit(VcpuExit::IoIn(0x80, &mut d), &buses);
         assert_eq!(d, [0xff], "unclaimed ports float high");
@@ -218,9 +224,15 @@ mod tests {
     #[test]
     fn stop_exits_map_to_reasons() {
         let buses = Buses::default();
-        assert_eq!(handle_exit(VcpuExit::Shutdown, &buses), VcpuAction::Stop(ExitReason::TripleFault));
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &buses),
+            handle_exit(VcpuExit::Shutdown, &buses),
+            VcpuAction::Stop(ExitReason::TripleFault)
+        );
+        assert_eq!(
+            handle_exit(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                &buses
+            ),
             VcpuAction::Stop(ExitReason::PowerOff)
         );
         assert_eq!(

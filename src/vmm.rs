@@ -5,7 +5,9 @@ use std::io::Read;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -137,7 +139,10 @@ impl RawTerminal {
         let stdin = std::io::stdin();
         let lock = stdin.lock();
         use std::io::IsTerminal;
-        let raw = std::io::stdin().is_terminal() && lock.set_raw_mode().is_ok();
+        // Raw mode only for an interactive console: stdin and stdout both terminals.
+        let raw = std::io::stdin().is_terminal()
+            && std::io::stdout().is_terminal()
+            && lock.set_raw_mode().is_ok();
         RawTerminal(raw)
     }
 }
@@ -153,7 +158,11 @@ impl Drop for RawTerminal {
 /// Ctrl-A, then 'x': leave the VM from the console (as in QEMU).
 const ESCAPE: u8 = 0x01;
 
-fn spawn_stdin(serial: Arc<Mutex<SerialConsole>>, exit: Arc<ExitSignal>, tty: bool) -> Result<(), VmmError> {
+fn spawn_stdin(
+    serial: Arc<Mutex<SerialConsole>>,
+    exit: Arc<ExitSignal>,
+    tty: bool,
+) -> Result<(), VmmError> {
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
@@ -181,7 +190,10 @@ fn spawn_stdin(serial: Arc<Mutex<SerialConsole>>, exit: Arc<ExitSignal>, tty: bo
                 }
                 let mut rest = &input[..];
                 while !rest.is_empty() && !exit.requested() {
-                    let taken = serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(rest);
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .enqueue_input(rest);
                     rest = &rest[taken..];
                     if !rest.is_empty() {
                         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -194,7 +206,9 @@ fn spawn_stdin(serial: Arc<Mutex<SerialConsole>>, exit: Arc<ExitSignal>, tty: bo
 }
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
-    let vm = kvm.create_vm().map_err(|e| VmmError::VmSetup("create the VM", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| VmmError::VmSetup("create the VM", e))?;
     vm.set_tss_address(layout::KVM_TSS_START.0 as usize)
         .map_err(|e| VmmError::VmSetup("set the TSS address", e))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_START.0)
@@ -230,18 +244,24 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     let mem = memory::create_guest_memory(cfg.memory)?;
     let mut slots = Slots(0);
     register_ram(&vm, &mem, &mut slots)?;
-    let exit = Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
+    let exit =
+        Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
 
     // Legacy devices on the port I/O bus.
     let mut buses = Buses::default();
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Os("cannot create an eventfd", e))?;
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| VmmError::Os("cannot create an eventfd", e))?;
     vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)
         .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
     let serial = Arc::new(Mutex::new(SerialConsole::new(
         serial_irq,
         Box::new(Unbuffered(std::io::stdout())),
     )));
-    buses.pio.insert(u64::from(layout::SERIAL_PORT), u64::from(layout::SERIAL_PORT_LEN), serial.clone())?;
+    buses.pio.insert(
+        u64::from(layout::SERIAL_PORT),
+        u64::from(layout::SERIAL_PORT_LEN),
+        serial.clone(),
+    )?;
     buses.pio.insert(
         u64::from(layout::I8042_PORT),
         u64::from(layout::I8042_PORT_LEN),
@@ -256,7 +276,10 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     // PCI: host bridge plus one slot per passed-through function.
     let windows = PciWindows {
         mmio32: (layout::PCI_MMIO32_START.0, layout::PCI_MMIO32_SIZE),
-        mmio64: (layout::pci_mmio64_start(memory::ram_end(cfg.memory)), layout::PCI_MMIO64_SIZE),
+        mmio64: (
+            layout::pci_mmio64_start(memory::ram_end(cfg.memory)),
+            layout::PCI_MMIO64_SIZE,
+        ),
     };
     let mut mmio32 = MmioAllocator::new(windows.mmio32.0, windows.mmio32.1);
     let mut mmio64 = MmioAllocator::new(windows.mmio64.0, windows.mmio64.1);
@@ -269,17 +292,28 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
         for d in devices {
             let name = d.bdf.to_string();
             let backend: Arc<dyn VfioBackend> = Arc::new(c.open_device(&name, &d.sysfs)?);
-            let mut pci = VfioPciDevice::new(&name, backend, router.clone(), &mut mmio32, &mut mmio64)?;
+            let mut pci =
+                VfioPciDevice::new(&name, backend, router.clone(), &mut mmio32, &mut mmio64)?;
             for (bar, off, len) in pci.mmap_areas() {
                 let host = pci.map_area(&bar, off, len)?;
                 slots.map(&vm, bar.addr + off, len, host)?;
-                log::debug!("{name}: BAR{} +{off:#x} ({len:#x} bytes) mapped into the guest", bar.index);
+                log::debug!(
+                    "{name}: BAR{} +{off:#x} ({len:#x} bytes) mapped into the guest",
+                    bar.index
+                );
             }
             let traps = pci.trapped_ranges();
             let pci = Arc::new(Mutex::new(pci));
             for (addr, len) in traps {
                 log::debug!("{name}: trapping {addr:#x}+{len:#x}");
-                buses.mmio.insert(addr, len, Arc::new(Mutex::new(VfioTrap { dev: pci.clone(), base: addr })))?;
+                buses.mmio.insert(
+                    addr,
+                    len,
+                    Arc::new(Mutex::new(VfioTrap {
+                        dev: pci.clone(),
+                        base: addr,
+                    })),
+                )?;
             }
             let slot = root.add_device(pci.clone())?;
             log::info!("{name}: passed through as guest PCI 0000:00:{slot:02x}.0");
@@ -297,7 +331,13 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
 
     // Firmware tables and the kernel.
     acpi::write_tables(&mem, cfg.cpus, windows)?;
-    let entry = boot::load(&mem, cfg.memory, &cfg.kernel, cfg.initramfs.as_deref(), &cfg.cmdline)?;
+    let entry = boot::load(
+        &mem,
+        cfg.memory,
+        &cfg.kernel,
+        cfg.initramfs.as_deref(),
+        &cfg.cmdline,
+    )?;
     log::info!("kernel entry {:#x} ({:?})", entry.entry, entry.mode);
 
     // vCPUs.
@@ -308,10 +348,17 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
         .map(|id| Vcpu::new(&vm, &mem, &supported, id, cfg.cpus, &entry))
         .collect::<Result<Vec<_>, _>>()?;
     vcpu::install_kick_handler()?;
-    WAKE_FD.store(std::os::fd::AsRawFd::as_raw_fd(exit.eventfd()), Ordering::SeqCst);
+    WAKE_FD.store(
+        std::os::fd::AsRawFd::as_raw_fd(exit.eventfd()),
+        Ordering::SeqCst,
+    );
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        register_signal_handler(sig, on_terminate)
-            .map_err(|e| VmmError::Os("cannot install signal handlers", std::io::Error::from_raw_os_error(e.errno())))?;
+        register_signal_handler(sig, on_terminate).map_err(|e| {
+            VmmError::Os(
+                "cannot install signal handlers",
+                std::io::Error::from_raw_os_error(e.errno()),
+            )
+        })?;
     }
 
     let term = RawTerminal::enter();
@@ -341,7 +388,9 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
             break;
         }
     }
+    log::debug!("stop requested: {:?}; stopping vCPUs", exit.reason());
     vcpu::stop_all(handles);
+    log::debug!("vCPUs stopped");
     drop(term);
     log::info!("guest ran for {:.3} s", started.elapsed().as_secs_f64());
 
@@ -349,9 +398,11 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     for d in &vfio_devices {
         d.lock().unwrap_or_else(|e| e.into_inner()).quiesce();
     }
+    log::debug!("devices quiesced");
     if let Some(c) = container.as_mut() {
         c.unmap_guest_memory(&mem);
     }
+    log::debug!("guest memory unmapped from the IOMMU");
     WAKE_FD.store(-1, Ordering::SeqCst);
     Ok(exit.reason().unwrap_or(ExitReason::PowerOff))
 }

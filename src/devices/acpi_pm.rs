@@ -43,6 +43,7 @@ impl BusDevice for AcpiPm {
     }
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
+        log::debug!("acpi pm: write {data:x?}");
         if let Some(reason) = data.first().and_then(|v| decode(*v)) {
             self.exit.request(reason);
         } else {

@@ -63,7 +63,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(off, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(off, data);
                 true
             }
             None => false,
@@ -74,7 +76,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(off, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(off, data);
                 true
             }
             None => false,
@@ -120,11 +124,20 @@ mod tests {
         let mut bus = Bus::new();
         let a: SharedDevice = Arc::new(Mutex::new(Reg::default()));
         bus.insert(0x100, 0x10, a.clone()).unwrap();
-        assert_eq!(bus.insert(0x10f, 1, a.clone()), Err(BusError::Overlap(0x10f, 1)));
-        assert_eq!(bus.insert(0xf0, 0x11, a.clone()), Err(BusError::Overlap(0xf0, 0x11)));
+        assert_eq!(
+            bus.insert(0x10f, 1, a.clone()),
+            Err(BusError::Overlap(0x10f, 1))
+        );
+        assert_eq!(
+            bus.insert(0xf0, 0x11, a.clone()),
+            Err(BusError::Overlap(0xf0, 0x11))
+        );
         assert_eq!(bus.insert(0x50, 0, a.clone()), Err(BusError::Empty(0x50)));
         bus.insert(0x110, 1, a.clone()).unwrap();
         bus.insert(0xf0, 0x10, a).unwrap();
-        assert_eq!(bus.insert(u64::MAX, 2, Arc::new(Mutex::new(Reg::default()))), Err(BusError::Overlap(u64::MAX, 2)));
+        assert_eq!(
+            bus.insert(u64::MAX, 2, Arc::new(Mutex::new(Reg::default()))),
+            Err(BusError::Overlap(u64::MAX, 2))
+        );
     }
 }

@@ -96,7 +96,8 @@ mod tests {
     fn transmits_to_writer_and_raises_irq_on_input() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let sink = Sink::default();
-        let mut s = SerialConsole::new(irq.try_clone().unwrap(), Box::new(Unbuffered(sink.clone())));
+        let mut s =
+            SerialConsole::new(irq.try_clone().unwrap(), Box::new(Unbuffered(sink.clone())));
         for b in b"ok\n" {
             s.write(0, &[*b]);
         }

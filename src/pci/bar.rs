@@ -25,7 +25,8 @@ pub struct BarInfo {
 
 impl BarInfo {
     fn flags(&self) -> u32 {
-        (if self.is_64 { BAR_MEM_64 } else { 0 }) | (if self.prefetchable { BAR_PREFETCH } else { 0 })
+        (if self.is_64 { BAR_MEM_64 } else { 0 })
+            | (if self.prefetchable { BAR_PREFETCH } else { 0 })
     }
 
     /// True if `addr` falls inside this BAR.
@@ -148,7 +149,7 @@ mod tests {
         s.write(1, 0xffff_ffff);
         assert_eq!(s.read(0), 0xffff_c000 | 0b1100);
         assert_eq!(s.read(1), 0xffff_ffff);
-        let size = !(((u64::from(s.read(1)) << 32) | u64::from(s.read(0) & !0xf))) + 1;
+        let size = !((u64::from(s.read(1)) << 32) | u64::from(s.read(0) & !0xf)) + 1;
         assert_eq!(size, 0x4000);
         s.write(0, 0xc000_4000);
         s.write(1, 1);
@@ -185,7 +186,7 @@ mod tests {
     fn allocator_aligns_and_bounds() {
         let mut a = MmioAllocator::new(0xc000_0000, 0x10_0000);
         assert_eq!(a.allocate(0x4000), Some(0xc000_0000));
-        assert_eq!(a.allocate(0x10), Some(0xc000_4000 + 0x0));
+        assert_eq!(a.allocate(0x10), Some(0xc000_4000));
         assert_eq!(a.allocate(0x8000), Some(0xc000_8000));
         assert_eq!(a.allocate(0x3000), None, "not a power of two");
         assert_eq!(a.allocate(0x10_0000), None, "does not fit");

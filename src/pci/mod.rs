@@ -77,8 +77,15 @@ mod tests {
     fn merges_partial_writes() {
         assert_eq!(merge_write(0x1122_3344, 0, &[0xaa]), 0x1122_33aa);
         assert_eq!(merge_write(0x1122_3344, 2, &[0xaa, 0xbb]), 0xbbaa_3344);
-        assert_eq!(merge_write(0x1122_3344, 0, &0xdead_beefu32.to_le_bytes()), 0xdead_beef);
-        assert_eq!(merge_write(0, 3, &[1, 2]), 0x0100_0000, "bytes past the register are dropped");
+        assert_eq!(
+            merge_write(0x1122_3344, 0, &0xdead_beefu32.to_le_bytes()),
+            0xdead_beef
+        );
+        assert_eq!(
+            merge_write(0, 3, &[1, 2]),
+            0x0100_0000,
+            "bytes past the register are dropped"
+        );
         assert_eq!(write_mask(2, 2), 0xffff_0000);
         assert_eq!(write_mask(0, 4), 0xffff_ffff);
     }

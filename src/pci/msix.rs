@@ -123,7 +123,11 @@ impl MsixState {
     /// The control bits to merge into Message Control on reads.
     pub fn control_bits(&self) -> u16 {
         (if self.enabled { CTL_ENABLE } else { 0 })
-            | (if self.function_masked { CTL_FUNCTION_MASK } else { 0 })
+            | (if self.function_masked {
+                CTL_FUNCTION_MASK
+            } else {
+                0
+            })
     }
 
     /// Applies a Message Control write; returns true if enable or mask changed.
@@ -137,9 +141,7 @@ impl MsixState {
 
     /// True if vector `i` should deliver interrupts.
     pub fn vector_live(&self, i: usize) -> bool {
-        self.enabled
-            && !self.function_masked
-            && self.entries.get(i).is_some_and(|e| !e.masked())
+        self.enabled && !self.function_masked && self.entries.get(i).is_some_and(|e| !e.masked())
     }
 
     fn field(&mut self, offset: u64) -> Option<&mut u32> {
@@ -169,7 +171,10 @@ impl MsixState {
     /// Writes the table at `offset`; returns the vector touched, if any.
     pub fn write_table(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
         if offset % 4 != 0 || (data.len() != 4 && data.len() != 8) {
-            log::debug!("msix: ignored {}-byte table write at {offset:#x}", data.len());
+            log::debug!(
+                "msix: ignored {}-byte table write at {offset:#x}",
+                data.len()
+            );
             return None;
         }
         let mut off = offset;
@@ -212,7 +217,14 @@ mod tests {
         assert!(s.vector_live(0));
         assert!(!s.vector_live(1), "vector 1 is still masked from reset");
         assert!(!s.vector_live(7), "out of range");
-        assert_eq!(s.entries[0].message(), MsiMessage { addr_lo: 0xfee0_0000, addr_hi: 0, data: 0x4041 });
+        assert_eq!(
+            s.entries[0].message(),
+            MsiMessage {
+                addr_lo: 0xfee0_0000,
+                addr_hi: 0,
+                data: 0x4041
+            }
+        );
         assert_eq!(s.control_bits(), CTL_ENABLE);
     }
 
@@ -221,7 +233,10 @@ mod tests {
         let mut s = MsixState::new(2);
         let v: u64 = 0x0000_0001_fee0_1000;
         assert_eq!(s.write_table(16, &v.to_le_bytes()), Some(1));
-        assert_eq!((s.entries[1].addr_lo, s.entries[1].addr_hi), (0xfee0_1000, 1));
+        assert_eq!(
+            (s.entries[1].addr_lo, s.entries[1].addr_hi),
+            (0xfee0_1000, 1)
+        );
         let mut d = [0u8; 8];
         s.read_table(16, &mut d);
         assert_eq!(u64::from_le_bytes(d), v);

@@ -101,7 +101,10 @@ impl PciRoot {
 
     fn read_data(&self, offset: usize, data: &mut [u8]) {
         let value = match self.target() {
-            Some((dev, reg)) => dev.lock().unwrap_or_else(|e| e.into_inner()).read_config(reg),
+            Some((dev, reg)) => dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read_config(reg),
             None => 0xffff_ffff,
         };
         let bytes = value.to_le_bytes();
@@ -135,9 +138,7 @@ impl BusDevice for PciRoot {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         match offset {
-            0..=3 => {
-                self.config_address = merge_write(self.config_address, offset as usize, data)
-            }
+            0..=3 => self.config_address = merge_write(self.config_address, offset as usize, data),
             4..=7 => self.write_data(offset as usize - 4, data),
             _ => {}
         }
@@ -199,7 +200,10 @@ mod tests {
         }
         assert_eq!(root.add_device(dev), Err(PciError::NoSlot));
         // Functions other than 0 do not exist.
-        root.write(0, &(CONFIG_ADDRESS_ENABLE | (1 << 11) | (1 << 8)).to_le_bytes());
+        root.write(
+            0,
+            &(CONFIG_ADDRESS_ENABLE | (1 << 11) | (1 << 8)).to_le_bytes(),
+        );
         let mut d = [0u8; 4];
         root.read(4, &mut d);
         assert_eq!(d, [0xff; 4]);

@@ -59,6 +59,7 @@ pub struct VfioPciDevice {
     int_line: u8,
     mmaps: Vec<MmapArea>,
     warned_move: bool,
+    quiesced: bool,
 }
 
 fn cfg_u8(cfg: &[u8], off: usize) -> u8 {
@@ -91,7 +92,7 @@ pub fn scan_capabilities(cfg: &[u8]) -> CapScan {
     let mut link = regs::CAP_PTR;
     let mut ptr = usize::from(cfg_u8(cfg, regs::CAP_PTR) & !3);
     let mut seen = 0;
-    while ptr >= 0x40 && ptr < regs::CONFIG_SPACE_SIZE && seen < MAX_CAPS {
+    while (0x40..regs::CONFIG_SPACE_SIZE).contains(&ptr) && seen < MAX_CAPS {
         seen += 1;
         let id = cfg_u8(cfg, ptr);
         let next = cfg_u8(cfg, ptr + 1) & !3;
@@ -222,14 +223,19 @@ impl VfioPciDevice {
             }
             let size = size.next_power_of_two().max(16);
             let addr = if size <= MAX_BAR_IN_MMIO32 {
-                mmio32.allocate(size).or_else(|| is_64.then(|| mmio64.allocate(size)).flatten())
+                mmio32
+                    .allocate(size)
+                    .or_else(|| is_64.then(|| mmio64.allocate(size)).flatten())
             } else if is_64 {
                 mmio64.allocate(size)
             } else {
                 mmio32.allocate(size)
             }
             .ok_or_else(|| VfioPciError::NoBarSpace(name.to_string(), i, size))?;
-            log::info!("{name}: BAR{i} {size:#x} bytes at guest {addr:#x}{}", if is_64 { " (64-bit)" } else { "" });
+            log::info!(
+                "{name}: BAR{i} {size:#x} bytes at guest {addr:#x}{}",
+                if is_64 { " (64-bit)" } else { "" }
+            );
             bars.push(BarInfo {
                 index: i,
                 size,
@@ -258,7 +264,10 @@ impl VfioPciDevice {
                     .map(|_| EventFd::new(libc::EFD_NONBLOCK))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| VfioPciError::EventFd(name.to_string(), e))?;
-                log::info!("{name}: MSI-X with {n} vectors on GSIs {gsi_base}..{}", gsi_base + n);
+                log::info!(
+                    "{name}: MSI-X with {n} vectors on GSIs {gsi_base}..{}",
+                    gsi_base + n
+                );
                 Some(Msix {
                     cap,
                     state: MsixState::new(n as u16),
@@ -286,6 +295,7 @@ impl VfioPciDevice {
             int_line: 0,
             mmaps: Vec::new(),
             warned_move: false,
+            quiesced: false,
         })
     }
 
@@ -326,7 +336,12 @@ impl VfioPciDevice {
     }
 
     /// Maps one area from the host device; the mapping lives as long as the device.
-    pub fn map_area(&mut self, bar: &BarInfo, offset: u64, len: u64) -> Result<u64, super::BackendError> {
+    pub fn map_area(
+        &mut self,
+        bar: &BarInfo,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, super::BackendError> {
         let m = self.dev.mmap(bar.index as u32, offset, len)?;
         let host = m.host_addr();
         self.mmaps.push(m);
@@ -368,11 +383,12 @@ impl VfioPciDevice {
         }
     }
 
+    /// Called when the guest turns memory decoding on: by then any BAR
+    /// sizing is over, so an address that differs from ours is a move.
     fn check_bar_move(&mut self) {
         for b in &self.bars {
             let now = self.shadow.address(b);
-            let sizing = now == (!(b.size - 1) & if b.is_64 { u64::MAX } else { 0xffff_ffff }) & !0xf;
-            if now != b.addr && !sizing && now != 0 && !self.warned_move {
+            if now != b.addr && !self.warned_move {
                 log::warn!(
                     "{}: guest moved BAR{} from {:#x} to {now:#x}; BAR relocation is not supported, the device stays at the original address",
                     self.name,
@@ -387,11 +403,16 @@ impl VfioPciDevice {
     /// Handles a trapped read at guest address `addr`.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
         data.fill(0);
-        let Some(bar) = self.bars.iter().find(|b| b.contains(addr)).copied() else { return };
+        let Some(bar) = self.bars.iter().find(|b| b.contains(addr)).copied() else {
+            return;
+        };
         let off = addr - bar.addr;
         if let Some(m) = self.msix.as_mut() {
             let c = m.cap;
-            if c.table_bar == bar.index && off >= c.table_offset && off < c.table_offset + c.table_len() {
+            if c.table_bar == bar.index
+                && off >= c.table_offset
+                && off < c.table_offset + c.table_len()
+            {
                 m.state.read_table(off - c.table_offset, data);
                 return;
             }
@@ -404,11 +425,16 @@ impl VfioPciDevice {
 
     /// Handles a trapped write at guest address `addr`.
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        let Some(bar) = self.bars.iter().find(|b| b.contains(addr)).copied() else { return };
+        let Some(bar) = self.bars.iter().find(|b| b.contains(addr)).copied() else {
+            return;
+        };
         let off = addr - bar.addr;
         if let Some(m) = self.msix.as_mut() {
             let c = m.cap;
-            if c.table_bar == bar.index && off >= c.table_offset && off < c.table_offset + c.table_len() {
+            if c.table_bar == bar.index
+                && off >= c.table_offset
+                && off < c.table_offset + c.table_len()
+            {
                 if let Some(v) = m.state.write_table(off - c.table_offset, data) {
                     if m.state.enabled {
                         self.update_vector(v);
@@ -423,13 +449,19 @@ impl VfioPciDevice {
         self.dev.region_write(bar.index as u32, off, data);
     }
 
-    /// Disables interrupts and resets the function (start-up and shutdown).
+    /// Disables interrupts and resets the function (at shutdown). Idempotent.
     pub fn quiesce(&mut self) {
+        if self.quiesced {
+            return;
+        }
+        self.quiesced = true;
         if let Some(m) = self.msix.as_mut() {
             m.state.enabled = false;
         }
         self.update_msix();
+        log::debug!("{}: resetting the function", self.name);
         self.dev.reset();
+        log::debug!("{}: reset done", self.name);
     }
 }
 
@@ -460,7 +492,8 @@ impl PciDevice for VfioPciDevice {
         }
         if let Some(m) = &self.msix {
             if m.cap.cap_offset / 4 == reg {
-                let ctl = ((v >> 16) as u16 & !(crate::pci::msix::CTL_ENABLE | crate::pci::msix::CTL_FUNCTION_MASK))
+                let ctl = ((v >> 16) as u16
+                    & !(crate::pci::msix::CTL_ENABLE | crate::pci::msix::CTL_FUNCTION_MASK))
                     | m.state.control_bits();
                 v = (v & 0xffff) | (u32::from(ctl) << 16);
             }
@@ -475,7 +508,6 @@ impl PciDevice for VfioPciDevice {
                 let i = reg - regs::BAR0 / 4;
                 let merged = merge_write(self.shadow.read(i), offset, data);
                 self.shadow.write(i, merged);
-                self.check_bar_move();
                 return;
             }
             regs::ROM_BAR => return,
@@ -504,6 +536,14 @@ impl PciDevice for VfioPciDevice {
                 return;
             }
         }
+        if off == regs::COMMAND
+            && offset == 0
+            && data
+                .first()
+                .is_some_and(|c| u16::from(*c) & regs::COMMAND_MEMORY != 0)
+        {
+            self.check_bar_move();
+        }
         let byte = off + offset;
         if self.hidden.iter().any(|(s, l)| byte >= *s && byte < s + l) {
             return;
@@ -515,6 +555,9 @@ impl PciDevice for VfioPciDevice {
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
         self.quiesce();
+        // Unmap the BARs before the device file closes: a live mapping keeps
+        // the device open and the group busy.
+        self.mmaps.clear();
     }
 }
 

@@ -60,7 +60,11 @@ pub fn elf64(code: &[u8]) -> Vec<u8> {
 
 /// Returns a reason to skip if KVM cannot be used here.
 pub fn kvm_unusable() -> Option<String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => None,
         Err(e) => Some(format!("/dev/kvm not usable: {e}")),
     }
@@ -82,9 +86,23 @@ pub fn run_vflaunch(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> 
         if let Some(status) = child.try_wait().expect("wait") {
             let mut stdout = Vec::new();
             let mut stderr = Vec::new();
-            child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
-            child.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
-            return Output { status, stdout, stderr };
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_end(&mut stdout)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_end(&mut stderr)
+                .unwrap();
+            return Output {
+                status,
+                stdout,
+                stderr,
+            };
         }
         if start.elapsed() > timeout {
             let _ = child.kill();

@@ -5,21 +5,23 @@
 //! (`layout::ACPI_PM_PORT`, emulated by `devices::acpi_pm`). The DSDT
 //! describes the PCI host bridge with its windows, COM1 and `_S5`.
 
-use acpi_tables::Aml;
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
     ResourceTemplate, Scope, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout;
-use crate::devices::acpi_pm::{S5_SLEEP_TYPE, RESET_VALUE};
+use crate::devices::acpi_pm::{RESET_VALUE, S5_SLEEP_TYPE};
 
 const OEM_ID: [u8; 6] = *b"VFLNCH";
 const OEM_REVISION: u32 = 1;
@@ -86,7 +88,10 @@ pub fn dsdt_aml(pci: PciWindows) -> Vec<u8> {
         Name::new("_BBN".into(), &aml::ZERO),
         Name::new("_CRS".into(), &pci_crs),
     ];
-    let pci0 = Device::new("PCI0".into(), pci_names.iter().map(|n| n as &dyn Aml).collect());
+    let pci0 = Device::new(
+        "PCI0".into(),
+        pci_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
 
     let com1_irq = Interrupt::new(true, true, false, false, layout::SERIAL_IRQ);
     let com1_io = IO::new(
@@ -102,7 +107,10 @@ pub fn dsdt_aml(pci: PciWindows) -> Vec<u8> {
         Name::new("_UID".into(), &aml::ZERO),
         Name::new("_CRS".into(), &com1_crs),
     ];
-    let com1 = Device::new("COM1".into(), com1_names.iter().map(|n| n as &dyn Aml).collect());
+    let com1 = Device::new(
+        "COM1".into(),
+        com1_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
 
     let sb = Scope::new("\\_SB_".into(), vec![&pci0, &com1]);
     let s5_pkg = Package::new(vec![&S5_SLEEP_TYPE, &aml::ZERO]);
@@ -177,7 +185,10 @@ pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, pci: PciWindows) -> Result<
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
     let xsdt_addr = place(&aml_bytes(&xsdt))?;
-    mem.write_slice(&aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr)), layout::RSDP_START)?;
+    mem.write_slice(
+        &aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr)),
+        layout::RSDP_START,
+    )?;
     Ok(layout::RSDP_START.0)
 }
 

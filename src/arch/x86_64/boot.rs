@@ -24,7 +24,11 @@ pub enum BootError {
     Open(String, #[source] std::io::Error),
     /// The kernel is neither a bzImage nor an ELF vmlinux.
     #[error("{0} is not a bzImage or ELF vmlinux kernel (bzImage: {1}; ELF: {2})")]
-    NotAKernel(String, linux_loader::loader::Error, linux_loader::loader::Error),
+    NotAKernel(
+        String,
+        linux_loader::loader::Error,
+        linux_loader::loader::Error,
+    ),
     /// The initramfs does not fit in guest RAM below the kernel's limit.
     #[error("Initramfs ({0} bytes) does not fit in guest memory: give the guest more --memory")]
     InitrdTooBig(u64),
@@ -89,7 +93,11 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelLoaderResult,
         Ok(r) => return Ok(r),
         Err(e) => e,
     };
-    Err(BootError::NotAKernel(path.display().to_string(), bz, elf_err))
+    Err(BootError::NotAKernel(
+        path.display().to_string(),
+        bz,
+        elf_err,
+    ))
 }
 
 /// Picks the initramfs address: page-aligned, as high as possible below
@@ -246,8 +254,14 @@ mod tests {
 
     #[test]
     fn initrd_goes_to_top_of_low_memory() {
-        assert_eq!(initrd_address(4096, 0x20_0000, 0x800_0000), Some(0x7ff_f000));
-        assert_eq!(initrd_address(5000, 0x20_0000, 0x800_0000), Some(0x7ff_e000));
+        assert_eq!(
+            initrd_address(4096, 0x20_0000, 0x800_0000),
+            Some(0x7ff_f000)
+        );
+        assert_eq!(
+            initrd_address(5000, 0x20_0000, 0x800_0000),
+            Some(0x7ff_e000)
+        );
         assert_eq!(initrd_address(0x800_0000, 0x20_0000, 0x800_0000), None);
         assert_eq!(initrd_address(u64::MAX, 0, 10), None);
     }

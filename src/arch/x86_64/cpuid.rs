@@ -14,7 +14,8 @@ const EDX_HTT: u32 = 1 << 28;
 pub fn patch_entry(entry: &mut kvm_cpuid_entry2, id: u8, count: u8) {
     match entry.function {
         LEAF_FEATURES => {
-            entry.ebx = (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
+            entry.ebx =
+                (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
             entry.ecx |= ECX_HYPERVISOR;
             if count > 1 {
                 entry.edx |= EDX_HTT;

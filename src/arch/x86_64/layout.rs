@@ -93,21 +93,21 @@ pub fn pci_mmio64_start(ram_end: u64) -> u64 {
     above_ram.max(PCI_MMIO64_MIN_START.0)
 }
 
+// The map is checked when the crate compiles: no two areas overlap.
+const _: () = {
+    assert!(PVH_MEMMAP_START.0 + 0x100 <= ZERO_PAGE_START.0);
+    assert!(ZERO_PAGE_START.0 + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START.0);
+    assert!(PDE_START.0 + 0x1000 <= CMDLINE_START.0);
+    assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
+    assert!(ACPI_TABLES_START.0 < BIOS_AREA_END.0);
+    assert!(PCI_MMIO32_START.0 + PCI_MMIO32_SIZE <= IOAPIC_START.0);
+    assert!(KVM_TSS_START.0 + 3 * 0x1000 <= RAM_64BIT_START.0);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn regions_do_not_overlap() {
-        assert!(PVH_MEMMAP_START.0 + 0x100 <= ZERO_PAGE_START.0);
-        assert!(ZERO_PAGE_START.0 + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START.0);
-        assert!(PDE_START.0 + 0x1000 <= CMDLINE_START.0);
-        assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
-        assert!(ACPI_TABLES_START.0 < BIOS_AREA_END.0);
-        assert!(PCI_MMIO32_START.0 + PCI_MMIO32_SIZE <= IOAPIC_START.0);
-        assert!(KVM_TSS_START.0 + 3 * 0x1000 <= RAM_64BIT_START.0);
-    }
 
     #[test]
     fn mmio64_window_sits_above_ram() {

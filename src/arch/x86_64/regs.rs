@@ -53,7 +53,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Decodes a GDT entry into a KVM segment for selector index `index`.
 fn segment_from_gdt(entry: u64, index: u16) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     let limit = if g == 1 {
@@ -98,21 +98,14 @@ pub fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     mem.write_obj(PDPTE_ENTRY, layout::PML4_START)?;
     mem.write_obj(layout::PDE_START.0 | 0x3, layout::PDPTE_START)?;
     for i in 0..512u64 {
-        mem.write_obj(
-            (i << 21) | 0x83,
-            layout::PDE_START.unchecked_add(i * 8),
-        )?;
+        mem.write_obj((i << 21) | 0x83, layout::PDE_START.unchecked_add(i * 8))?;
     }
     Ok(())
 }
 const PDPTE_ENTRY: u64 = layout::PDPTE_START.0 | 0x3;
 
 /// Sets segment, descriptor-table and control registers for `mode`.
-pub fn setup_sregs(
-    mem: &GuestMemoryMmap,
-    vcpu: &VcpuFd,
-    mode: EntryMode,
-) -> Result<(), RegsError> {
+pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, mode: EntryMode) -> Result<(), RegsError> {
     let gdt = boot_gdt(mode);
     for (i, e) in gdt.iter().enumerate() {
         mem.write_obj(*e, layout::GDT_START.unchecked_add(i as u64 * 8))?;
@@ -153,7 +146,12 @@ pub fn setup_sregs(
 }
 
 /// Sets the general registers of the boot vCPU.
-pub fn setup_regs(vcpu: &VcpuFd, mode: EntryMode, entry: u64, boot_info: u64) -> Result<(), RegsError> {
+pub fn setup_regs(
+    vcpu: &VcpuFd,
+    mode: EntryMode,
+    entry: u64,
+    boot_info: u64,
+) -> Result<(), RegsError> {
     let mut regs = kvm_regs {
         rflags: 0x2,
         rip: entry,
@@ -222,7 +220,9 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let entries = boot_msrs();
     let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::Msrs(0, entries.len()))?;
-    let n = vcpu.set_msrs(&msrs).map_err(|e| RegsError::Kvm("msrs", e))?;
+    let n = vcpu
+        .set_msrs(&msrs)
+        .map_err(|e| RegsError::Kvm("msrs", e))?;
     if n != entries.len() {
         return Err(RegsError::Msrs(n, entries.len()));
     }
@@ -248,7 +248,8 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
             lapic.regs[off + i] = *b as _;
         }
     }
-    vcpu.set_lapic(&lapic).map_err(|e| RegsError::Kvm("lapic", e))
+    vcpu.set_lapic(&lapic)
+        .map_err(|e| RegsError::Kvm("lapic", e))
 }
 
 #[cfg(test)]
@@ -285,7 +286,9 @@ mod tests {
         setup_page_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(layout::PML4_START).unwrap();
         assert_eq!(pml4 & !0xfff, layout::PDPTE_START.0);
-        let pde511: u64 = mem.read_obj(layout::PDE_START.unchecked_add(511 * 8)).unwrap();
+        let pde511: u64 = mem
+            .read_obj(layout::PDE_START.unchecked_add(511 * 8))
+            .unwrap();
         assert_eq!(pde511, (511 << 21) | 0x83);
     }
 

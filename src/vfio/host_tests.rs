@@ -1,0 +1,293 @@
+//! Tests for the host pre-flight checks, against fake sysfs/dev/proc trees
+//! built under a temp dir.
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+
+use super::*;
+
+macro_rules! assert_matches {
+    ($e:expr, $p:pat $(if $g:expr)?) => {{
+        let v = $e;
+        assert!(matches!(&v, $p $(if $g)?), "{v:?}");
+        v
+    }};
+}
+
+struct Fake {
+    _dir: tempfile::TempDir,
+    p: HostPaths,
+}
+
+fn bdf(s: &str) -> Bdf {
+    s.parse().unwrap()
+}
+
+/// A host with /dev/kvm, /dev/vfio/vfio and no devices.
+fn fake() -> Fake {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (sys, dev, proc) = (root.join("s"), root.join("d"), root.join("p"));
+    fs::create_dir_all(sys.join("bus/pci/devices")).unwrap();
+    fs::create_dir_all(dev.join("vfio")).unwrap();
+    fs::create_dir_all(&proc).unwrap();
+    let p = HostPaths { sys, dev, proc };
+    fs::write(p.dev.join("kvm"), "").unwrap();
+    fs::write(p.dev.join("vfio/vfio"), "").unwrap();
+    Fake { _dir: dir, p }
+}
+
+impl Fake {
+    /// Adds a device with an optional driver and IOMMU group (and its /dev node).
+    fn add(&self, addr: &str, driver: Option<&str>, group: Option<u32>) -> PathBuf {
+        let dev = self.p.sys.join("bus/pci/devices").join(addr);
+        fs::create_dir_all(&dev).unwrap();
+        if let Some(driver) = driver {
+            symlink(format!("../../drivers/{driver}"), dev.join("driver")).unwrap();
+        }
+        if let Some(group) = group {
+            let g = self.p.sys.join(format!("kernel/iommu_groups/{group}"));
+            fs::create_dir_all(g.join("devices")).unwrap();
+            symlink(&g, dev.join("iommu_group")).unwrap();
+            symlink(&dev, g.join("devices").join(addr)).unwrap();
+            fs::write(self.p.dev.join(format!("vfio/{group}")), "").unwrap();
+        }
+        dev
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let path = self.p.sys.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    fn err(&self, addr: &str) -> HostError {
+        check_device(&self.p, bdf(addr)).unwrap_err()
+    }
+}
+
+#[test]
+fn good_devices_pass() {
+    let f = fake();
+    let dev = f.add("0000:03:02.1", Some("vfio-pci"), Some(42));
+    symlink("../0000:03:00.0", dev.join("physfn")).unwrap();
+    let got = check_device(&f.p, bdf("03:02.1")).unwrap();
+    let group_path = f.p.dev.join("vfio/42");
+    let want = HostDevice {
+        bdf: bdf("0000:03:02.1"),
+        sysfs: dev,
+        group: 42,
+        group_path,
+        is_vf: true,
+    };
+    assert_eq!(got, want);
+    f.add("0000:04:00.0", Some("vfio-pci"), Some(7));
+    assert!(!check_device(&f.p, bdf("0000:04:00.0")).unwrap().is_vf);
+}
+
+#[test]
+fn missing_unbound_or_groupless_devices() {
+    let f = fake();
+    let err = assert_matches!(f.err("0000:03:02.1"), HostError::DeviceNotFound(_));
+    assert!(err.to_string().contains("lspci -D"));
+    f.add("0000:03:02.1", Some("ixgbevf"), Some(1));
+    let err = assert_matches!(f.err("0000:03:02.1"), HostError::NotBoundToVfio { driver: Some(d), .. } if d == "ixgbevf");
+    let msg = err.to_string();
+    let dev = "/sys/bus/pci/devices/0000:03:02.1";
+    assert!(
+        msg.contains(&format!("echo vfio-pci > {dev}/driver_override")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("echo 0000:03:02.1 > {dev}/driver/unbind")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("echo 0000:03:02.1 > /sys/bus/pci/drivers_probe"),
+        "{msg}"
+    );
+    f.add("0000:03:02.2", None, Some(2));
+    let err = assert_matches!(
+        f.err("0000:03:02.2"),
+        HostError::NotBoundToVfio { driver: None, .. }
+    );
+    assert!(!err.to_string().contains("unbind"), "{err}");
+    f.add("0000:03:02.3", Some("vfio-pci"), None);
+    let err = assert_matches!(f.err("0000:03:02.3"), HostError::NoIommuGroup(_));
+    assert!(err.to_string().contains("intel_iommu=on"));
+}
+
+#[test]
+fn no_iommu_mode_is_refused() {
+    let f = fake();
+    f.add("0000:03:02.1", Some("vfio-pci"), Some(5));
+    f.write("kernel/iommu_groups/5/name", "vfio-noiommu\n");
+    assert_matches!(
+        f.err("0000:03:02.1"),
+        HostError::NoIommuMode { group: 5, .. }
+    );
+    f.add("0000:03:02.2", Some("vfio-pci"), Some(6));
+    fs::write(f.p.dev.join("vfio/noiommu-6"), "").unwrap();
+    assert_matches!(
+        f.err("0000:03:02.2"),
+        HostError::NoIommuMode { group: 6, .. }
+    );
+}
+
+#[test]
+fn group_viability_names_each_offender() {
+    let f = fake();
+    f.add("0000:03:02.1", Some("vfio-pci"), Some(9));
+    let group = f.p.sys.join("kernel/iommu_groups/9/devices");
+    for (addr, driver) in [
+        ("0000:03:00.1", Some("ixgbe")),
+        ("0000:00:01.0", Some("pcieport")),
+        ("0000:03:00.2", Some("pci-stub")),
+        ("0000:03:00.3", None),
+        ("0000:03:00.0", Some("ixgbe")),
+    ] {
+        symlink(f.add(addr, driver, None), group.join(addr)).unwrap();
+    }
+    let ixgbe = |a: &str| (a.to_string(), "ixgbe".to_string());
+    let want = vec![ixgbe("0000:03:00.0"), ixgbe("0000:03:00.1")];
+    let err = assert_matches!(f.err("0000:03:02.1"), HostError::GroupNotViable { group: 9, others, .. } if *others == want);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("0000:03:00.0 is bound to ixgbe, 0000:03:00.1"),
+        "{msg}"
+    );
+    // Without <sys>/kernel/iommu_groups/N, the device's own group link is used.
+    let dev = f.add("0000:05:00.1", Some("vfio-pci"), None);
+    let g = f.p.sys.join("elsewhere/12");
+    fs::create_dir_all(g.join("devices/0000:05:00.0")).unwrap();
+    symlink("../mlx5_core", g.join("devices/0000:05:00.0/driver")).unwrap();
+    symlink(&g, dev.join("iommu_group")).unwrap();
+    assert_matches!(
+        f.err("0000:05:00.1"),
+        HostError::GroupNotViable { group: 12, .. }
+    );
+}
+
+#[test]
+fn vfio_nodes_must_exist() {
+    let f = fake();
+    f.add("0000:03:02.1", Some("vfio-pci"), Some(3));
+    fs::remove_file(f.p.dev.join("vfio/3")).unwrap();
+    let err = assert_matches!(
+        f.err("0000:03:02.1"),
+        HostError::GroupNodeMissing { group: 3, .. }
+    );
+    assert!(err.to_string().contains("/dev/vfio/3"), "{err}");
+    fs::write(f.p.dev.join("vfio/3"), "").unwrap();
+    fs::remove_file(f.p.dev.join("vfio/vfio")).unwrap();
+    assert_matches!(f.err("0000:03:02.1"), HostError::ContainerNodeMissing(_));
+}
+
+#[test]
+fn kvm_node() {
+    let f = fake();
+    check_kvm(&f.p).unwrap();
+    let kvm = f.p.dev.join("kvm");
+    fs::set_permissions(&kvm, fs::Permissions::from_mode(0o400)).unwrap();
+    // Root (DAC override) can open it anyway; then only the missing case is checked.
+    if fs::OpenOptions::new().write(true).open(&kvm).is_err() {
+        let err = check_kvm(&f.p).unwrap_err().to_string();
+        assert!(err.contains("add the user to group kvm"), "{err}");
+    }
+    fs::remove_file(&kvm).unwrap();
+    let err = check_kvm(&f.p).unwrap_err().to_string();
+    assert!(err.contains("load kvm_intel or kvm_amd"), "{err}");
+}
+
+#[test]
+fn memlock_decision_and_cap_parsing() {
+    let need = 512 << 20;
+    assert!(memlock_sufficient(u64::MAX, false, need));
+    assert!(memlock_sufficient(need, false, need));
+    assert!(!memlock_sufficient(8 << 20, false, need));
+    assert!(memlock_sufficient(8 << 20, true, need));
+    let status = "Name:\tvflaunch\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+    assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+    assert_eq!(
+        parse_cap_eff("CapEff:\t0000000000004000"),
+        Some(1 << CAP_IPC_LOCK)
+    );
+    assert_eq!(parse_cap_eff("CapEff:\tzz"), None);
+    assert_eq!(parse_cap_eff("Name: x"), None);
+    check_memlock(0).unwrap(); // whatever the runner's limit is, 0 bytes fit
+    let msg = HostError::MemlockTooLow {
+        limit: 8 << 20,
+        need,
+    }
+    .to_string();
+    assert!(msg.contains("8 MiB") && msg.contains("512 MiB") && msg.contains("ulimit -l"));
+}
+
+#[test]
+fn interrupt_remapping_detection_and_policy() {
+    let f = fake();
+    assert_eq!(interrupt_remapping(&f.p), IrqRemap::Missing);
+    let err = check_interrupt_remapping(&f.p, false).unwrap_err();
+    let err = assert_matches!(
+        err,
+        HostError::NoInterruptRemapping {
+            module_param: false
+        }
+    );
+    assert!(err.to_string().contains("--allow-unsafe-interrupts"));
+    let state = check_interrupt_remapping(&f.p, true).unwrap();
+    assert_eq!(state, IrqRemap::Missing);
+    assert!(state.warning().unwrap().contains("allow_unsafe_interrupts"));
+    f.write(UNSAFE_IRQ_PARAM, "Y\n");
+    f.write("kernel/irq/24/chip_name", "PCI-MSI-0000:00:1f.6\n");
+    assert_eq!(interrupt_remapping(&f.p), IrqRemap::UnsafeAllowed);
+    let err = check_interrupt_remapping(&f.p, false).unwrap_err();
+    assert_matches!(err, HostError::NoInterruptRemapping { module_param: true });
+    assert_eq!(
+        check_interrupt_remapping(&f.p, true).unwrap(),
+        IrqRemap::UnsafeAllowed
+    );
+    f.write("kernel/irq/25/chip_name", "IR-PCI-MSIX-0000:03:00.0\n");
+    assert_eq!(
+        check_interrupt_remapping(&f.p, false).unwrap(),
+        IrqRemap::Enabled
+    );
+    assert_eq!(IrqRemap::Enabled.warning(), None);
+
+    let f = fake();
+    let interrupts = f.p.proc.join("interrupts");
+    fs::write(&interrupts, "  0:  44  IO-APIC  2-edge  timer\n").unwrap();
+    assert_eq!(interrupt_remapping(&f.p), IrqRemap::Missing);
+    fs::write(&interrupts, "  0:  44  IR-IO-APIC  2-edge  timer\n").unwrap();
+    assert_eq!(interrupt_remapping(&f.p), IrqRemap::Enabled);
+    f.write("kernel/irq/3/chip_name", "AMD-IR-0\n");
+    fs::write(&interrupts, "").unwrap();
+    assert_eq!(interrupt_remapping(&f.p), IrqRemap::Enabled);
+}
+
+#[test]
+fn preflight_runs_checks_in_order() {
+    let f = fake();
+    let mut cfg = VmConfig::new("/k");
+    let ok = |_: u64| Ok(());
+    assert!(preflight_with(&f.p, &cfg, ok).unwrap().is_empty());
+    cfg.devices = vec![bdf("0000:03:02.1"), bdf("0000:03:02.2")];
+    let low = |need| Err(HostError::MemlockTooLow { limit: 0, need });
+    let err = preflight_with(&f.p, &cfg, low).unwrap_err();
+    assert_matches!(err, HostError::MemlockTooLow { need, .. } if *need == cfg.memory);
+    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
+    assert_matches!(err, HostError::NoInterruptRemapping { .. });
+    cfg.allow_unsafe_interrupts = true;
+    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
+    assert_matches!(err, HostError::DeviceNotFound(_));
+    f.add("0000:03:02.1", Some("vfio-pci"), Some(1));
+    f.add("0000:03:02.2", Some("vfio-pci"), Some(1));
+    let devices = preflight_with(&f.p, &cfg, ok).unwrap();
+    assert_eq!(devices.iter().map(|d| d.group).collect::<Vec<_>>(), [1, 1]);
+    cfg.devices.push(bdf("03:02.1"));
+    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
+    assert_matches!(err, HostError::DuplicateDevice(_));
+    fs::remove_file(f.p.dev.join("kvm")).unwrap();
+    cfg.devices.clear();
+    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
+    assert_matches!(err, HostError::KvmUnavailable { .. });
+}

@@ -1,0 +1,192 @@
+#!/bin/bash
+# vflaunch hardware-in-loop test: SR-IOV VF passthrough with no real hardware.
+#
+#   host --(qemu, TCG, intel-iommu, igb NIC with SR-IOV)--> L1 Linux
+#     L1: igb PF -> 2 VFs, VF0 bound to vfio-pci, kvm_amd = nested /dev/kvm
+#     L1 --(vflaunch run --device VF0)--> L2 Linux
+#       L2: igbvf drives VF0, DHCP lease + ping of 10.0.2.2 through the PF
+#
+# Passes when L2 reports the VF driver bound, a DHCP lease, 3/3 ping replies
+# and the VMM exits with 0. See README.md next to this file.
+#
+# Env knobs:
+#   HIL_WORK        cache/work dir (default <repo>/target/hil)
+#   HIL_TIMEOUT     seconds for the whole L1 run (default 600)
+#   HIL_L2_TIMEOUT  seconds the VMM may run inside L1 (default HIL_TIMEOUT - 60)
+#   HIL_L2_ARGS     extra L2 kernel args (default "loglevel=4"; e.g. "loglevel=8")
+#   HIL_RUST_LOG    RUST_LOG for vflaunch inside L1 (default info)
+#   HIL_VMM         vflaunch (default) | qemu (rig self-check with the reference qemu)
+#   HIL_SKIP_BUILD  1 = don't run cargo, use the existing target/release/vflaunch
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+export HIL_WORK=${HIL_WORK:-$REPO/target/hil}
+HIL_TIMEOUT=${HIL_TIMEOUT:-600}
+HIL_L2_ARGS=${HIL_L2_ARGS-loglevel=4}
+HIL_RUST_LOG=${HIL_RUST_LOG:-info}
+HIL_VMM=${HIL_VMM:-vflaunch}
+HIL_SKIP_BUILD=${HIL_SKIP_BUILD:-0}
+
+say() { echo "[hil] $*"; }
+die() { echo "[hil] ERROR: $*" >&2; exit 1; }
+
+case "$HIL_VMM" in vflaunch | qemu) ;; *) die "HIL_VMM must be vflaunch or qemu, not '$HIL_VMM'" ;; esac
+mkdir -p "$HIL_WORK/logs"
+# One L1 at a time: it is a TCG guest using a whole core for a minute.
+exec 9>"$HIL_WORK/run.lock"
+flock -n 9 || die "another HIL run holds $HIL_WORK/run.lock"
+
+T0=$SECONDS
+bash "$HERE/setup.sh"
+T_SETUP=$((SECONDS - T0))
+
+# --- vflaunch ------------------------------------------------------------------
+VFL=$REPO/target/release/vflaunch
+if [ "$HIL_VMM" = vflaunch ]; then
+    if [ "$HIL_SKIP_BUILD" != 1 ]; then
+        command -v cargo >/dev/null || PATH=$HOME/.cargo/bin:$PATH
+        say "cargo build --release"
+        (cd "$REPO" && cargo build --release) || die "cargo build --release failed (HIL_SKIP_BUILD=1 runs an existing binary)"
+    fi
+    [ -x "$VFL" ] || die "$VFL does not exist: build it first or unset HIL_SKIP_BUILD"
+fi
+T_BUILD=$((SECONDS - T0))
+
+# --- initramfs images ----------------------------------------------------------
+KDIR=$HIL_WORK/kernel
+KV=$(basename "$(ls -d "$KDIR"/lib/modules/*)")
+MODDIR=$KDIR/lib/modules/$KV/kernel
+
+# Decompress module NAME (.ko.xz found anywhere in the tree) into $1/lib/modules/NAME.ko.
+add_modules() {
+    local root=$1 m f
+    shift
+    mkdir -p "$root/lib/modules"
+    for m in "$@"; do
+        f=$(find "$MODDIR" -name "$m.ko.xz" | head -n1)
+        [ -n "$f" ] || die "module $m not found under $MODDIR"
+        xz -dc "$f" >"$root/lib/modules/$m.ko"
+    done
+}
+
+# Copy a dynamically linked ELF plus the libraries ldd reports (and ld-linux)
+# into the image, at the same paths.
+add_elf() {
+    local root=$1 elf=$2 lib
+    install -D -m 755 "$elf" "$root/bin/$(basename "$elf")"
+    for lib in $(ldd "$elf" | grep -o '/[^ ]*' | sort -u); do
+        # 755: the kernel refuses to exec an ELF interpreter (ld-linux) without x.
+        install -D -m 755 "$(readlink -f "$lib")" "$root$lib"
+    done
+}
+
+# A fresh root with busybox-static and the usual mount points.
+new_root() {
+    rm -rf "$1"
+    mkdir -p "$1"/{bin,dev,proc,sys,tmp}
+    cp /bin/busybox "$1/bin/busybox"
+    install -m 755 "$2" "$1/init"
+}
+
+mk_cpio() { (cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) >"$2"; }
+
+# Single-quote a value for the busybox shell that sources hil.conf.
+shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+# L2: busybox + igbvf + l2-init.
+L2=$HIL_WORK/l2root
+new_root "$L2" "$HERE/l2-init"
+add_modules "$L2" igbvf
+mk_cpio "$L2" "$HIL_WORK/l2.cpio"
+
+# L1: busybox + modules (in dependency order of their depends= fields:
+# igb <- dca,i2c-algo-bit; vfio-pci <- vfio-pci-core <- vfio,irqbypass;
+# kvm-amd <- kvm,ccp; kvm <- irqbypass) + l1-init + the VMM + L2 kernel/initramfs.
+L1=$HIL_WORK/l1root
+new_root "$L1" "$HERE/l1-init"
+add_modules "$L1" dca i2c-algo-bit igb igbvf vfio vfio_iommu_type1 irqbypass \
+    vfio-pci-core vfio-pci kvm ccp kvm-amd
+mkdir -p "$L1/l2"
+cp "$KDIR/boot/vmlinuz-$KV" "$L1/l2/vmlinuz"
+cp "$HIL_WORK/l2.cpio" "$L1/l2/l2.cpio"
+if [ "$HIL_VMM" = qemu ]; then
+    add_elf "$L1" "$(command -v qemu-system-x86_64)"
+    # qboot as BIOS; linuxboot_dma.bin loads -kernel; kvmvapic.bin is always loaded.
+    mkdir -p "$L1/usr/share/qemu"
+    for f in qboot.rom linuxboot_dma.bin kvmvapic.bin; do cp -L "/usr/share/qemu/$f" "$L1/usr/share/qemu/"; done
+else
+    add_elf "$L1" "$VFL"
+fi
+{
+    echo "HIL_VMM=$(shq "$HIL_VMM")"
+    echo "HIL_L2_ARGS=$(shq "$HIL_L2_ARGS")"
+    echo "HIL_RUST_LOG=$(shq "$HIL_RUST_LOG")"
+    # The VMM gets a shorter timeout than L1 (L1 boots in ~10 s), so that a
+    # hung VMM is killed and L1 still reports and powers off cleanly.
+    l2t=$((HIL_TIMEOUT - 60))
+    [ "$l2t" -ge $((HIL_TIMEOUT / 2)) ] || l2t=$((HIL_TIMEOUT / 2))
+    echo "HIL_L2_TIMEOUT=$((${HIL_L2_TIMEOUT:-$l2t}))"
+} >"$L1/hil.conf"
+mk_cpio "$L1" "$HIL_WORK/l1.cpio"
+say "images: l1.cpio $(du -m "$HIL_WORK/l1.cpio" | cut -f1) MiB, l2.cpio $(du -k "$HIL_WORK/l2.cpio" | cut -f1) KiB, kernel $KV, VMM in L1: $HIL_VMM"
+T_IMAGES=$((SECONDS - T0))
+
+# --- boot L1 -------------------------------------------------------------------
+LOG=$HIL_WORK/logs/hil-$(date +%Y%m%d-%H%M%S).log
+ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest.log"
+say "booting L1 (TCG, timeout ${HIL_TIMEOUT}s), log: $LOG"
+# Prefix each line with seconds since L1 start (bash only, no perl/bc needed).
+stamp() {
+    local start=${EPOCHREALTIME/./} now line
+    while IFS= read -r line || [ -n "$line" ]; do
+        now=${EPOCHREALTIME/./}
+        now=$(((now - start) / 100000))
+        printf '[hil %4d.%ds] %s\n' $((now / 10)) $((now % 10)) "${line%$'\r'}"
+    done
+}
+set +e
+timeout "$HIL_TIMEOUT" qemu-system-x86_64 \
+    -accel tcg -cpu max -machine q35 -m 3072 -smp 1 \
+    -global q35-pcihost.pci-hole64-size=0 \
+    -device intel-iommu,intremap=on \
+    -netdev user,id=n0 -device igb,netdev=n0,romfile= \
+    -kernel "$KDIR/boot/vmlinuz-$KV" -initrd "$HIL_WORK/l1.cpio" \
+    -append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt" \
+    -no-reboot -display none -serial stdio -monitor none \
+    </dev/null 2>&1 | stamp | tee "$LOG"
+QRC=${PIPESTATUS[0]}
+set -e
+T_RUN=$((SECONDS - T0 - T_IMAGES))
+say "L1 qemu exit code $QRC after ${T_RUN}s (setup ${T_SETUP}s, build $((T_BUILD - T_SETUP))s, images $((T_IMAGES - T_BUILD))s)"
+
+# --- verdict -------------------------------------------------------------------
+TAG=$(tr '[:lower:]' '[:upper:]' <<<"$HIL_VMM")
+failed=0
+check() { # description, extended regex expected in the log
+    if grep -q -E "$2" "$LOG"; then
+        say "ok:   $1"
+    else
+        say "FAIL: $1 (no line matching /$2/)"
+        failed=1
+    fi
+}
+case "$QRC" in
+0) ;;
+124) say "FAIL: L1 did not finish within HIL_TIMEOUT=${HIL_TIMEOUT}s"; failed=1 ;;
+*) say "FAIL: L1 qemu exited with $QRC"; failed=1 ;;
+esac
+check "L2 booted and ran its /init" 'L2: STAGE init '
+check "L2 bound the VF driver" 'L2: VF driver igbvf bound to [0-9a-f:.]+'
+check "L2 got a DHCP lease" 'L2: udhcpc: lease of [0-9.]+ obtained'
+check "L2 ping 10.0.2.2: 3 received, 0% loss" 'L2: 3 packets transmitted, 3 (packets )?received, 0% packet loss'
+check "$HIL_VMM exited with 0" "^\[hil +[0-9.]+s\] ${TAG}_EXIT=0\$"
+grep -E "HIL ERROR|${TAG}_EXIT=" "$LOG" | sed 's/^/[hil] L1 said: /' || true
+if [ "$failed" = 0 ]; then
+    say "HIL PASSED ($HIL_VMM, L1 run ${T_RUN}s, total $((SECONDS - T0))s)"
+    exit 0
+fi
+say "---- last 60 lines of $LOG ----"
+tail -n 60 "$LOG"
+say "HIL FAILED ($HIL_VMM): see $LOG"
+exit 1
