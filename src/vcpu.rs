@@ -157,7 +157,13 @@ impl Vcpu {
         while !exit.requested() {
             match self.fd.run() {
                 Ok(e) => {
+                    let internal = matches!(e, VcpuExit::InternalError);
                     if let VcpuAction::Stop(reason) = handle_exit(e, buses) {
+                        let reason = if internal {
+                            ExitReason::VcpuError(self.internal_error())
+                        } else {
+                            reason
+                        };
                         exit.request(reason);
                     }
                 }
@@ -168,6 +174,26 @@ impl Vcpu {
                 ))),
             }
         }
+    }
+}
+
+impl Vcpu {
+    /// Describes a `KVM_EXIT_INTERNAL_ERROR` from the run structure.
+    fn internal_error(&mut self) -> String {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel fills the `internal` member.
+        let sub = unsafe { run.__bindgen_anon_1.internal.suberror };
+        let what = match sub {
+            1 => "instruction emulation failed",
+            2 => "exception while delivering an exception",
+            3 => "event delivery failed",
+            4 => "unexpected exit reason",
+            _ => "unknown",
+        };
+        format!(
+            "KVM internal error on vCPU {} (suberror {sub}: {what}); this host's KVM could not run the guest",
+            self.id
+        )
     }
 }
 

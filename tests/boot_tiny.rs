@@ -17,7 +17,7 @@ fn tiny_guest_prints_and_powers_off() {
     let kernel = write_file(
         dir.path(),
         "tiny.elf",
-        &elf64(&tiny_poweroff_code(b"hello from the guest\n", 0x34)),
+        &elf64(&tiny_poweroff_code(b"hello from the guest\n", 0x34), false),
     );
     let out = run_vflaunch(
         &[
@@ -53,7 +53,7 @@ fn tiny_guest_reset_exits_nonzero() {
     let kernel = write_file(
         dir.path(),
         "tiny.elf",
-        &elf64(&tiny_poweroff_code(b"bye\n", 0x01)),
+        &elf64(&tiny_poweroff_code(b"bye\n", 0x01), false),
     );
     let out = run_vflaunch(
         &[
@@ -73,4 +73,86 @@ fn tiny_guest_reset_exits_nonzero() {
     assert_eq!(out.status.code(), Some(4), "stderr: {stderr}");
     assert!(stderr.contains("guest rebooted"), "stderr: {stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
+}
+
+#[test]
+fn pvh_guest_gets_start_info_and_powers_off() {
+    if let Some(why) = kvm_unusable() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(
+        dir.path(),
+        "pvh.elf",
+        &elf64(&tiny_pvh_code(b"pvh ok\n"), true),
+    );
+    let initrd = write_file(dir.path(), "initrd", b"not really an initramfs");
+    let out = run_vflaunch(
+        &[
+            "run",
+            "--kernel",
+            &kernel,
+            "--initramfs",
+            &initrd,
+            "--memory",
+            "64M",
+            "--no-devices-from-env",
+        ],
+        &[("RUST_LOG", "info")],
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("Pvh32"), "booted through PVH: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pvh ok\n");
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_usage_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = write_file(dir.path(), "junk", &[0u8; 4096]);
+    // Not a kernel: the VMM reports it in one line, exit code 1, no panic.
+    let out = run_vflaunch(
+        &["run", "--kernel", &junk, "--no-devices-from-env"],
+        &[],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if kvm_unusable().is_none() {
+        assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+        assert!(
+            stderr.contains("is not a bzImage or ELF vmlinux kernel"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Missing kernel file and bad sizes are usage errors (2).
+    let out = run_vflaunch(
+        &["run", "--kernel", "/nonexistent", "--no-devices-from-env"],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_vflaunch(
+        &["run", "--kernel", &junk, "--memory", "12Q"],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    // A device that is not there is a host check failure (3), before KVM is touched.
+    let out = run_vflaunch(
+        &["run", "--kernel", &junk, "--device", "0000:7f:1f.7"],
+        &[],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("0000:7f:1f.7"), "{stderr}");
 }

@@ -385,14 +385,17 @@ fn preflight_with(
     if cfg.devices.is_empty() {
         return Ok(Vec::new());
     }
+    // Device problems first: they are the most specific and the most common.
+    let devices = cfg
+        .devices
+        .iter()
+        .map(|&bdf| check_device(p, bdf))
+        .collect::<Result<Vec<_>, _>>()?;
     memlock(cfg.memory)?;
     if let Some(warning) = check_interrupt_remapping(p, cfg.allow_unsafe_interrupts)?.warning() {
         log::warn!("{warning}");
     }
-    cfg.devices
-        .iter()
-        .map(|&bdf| check_device(p, bdf))
-        .collect()
+    Ok(devices)
 }
 
 #[cfg(test)]

@@ -271,16 +271,17 @@ fn preflight_runs_checks_in_order() {
     let ok = |_: u64| Ok(());
     assert!(preflight_with(&f.p, &cfg, ok).unwrap().is_empty());
     cfg.devices = vec![bdf("0000:03:02.1"), bdf("0000:03:02.2")];
+    // Device problems come first, then memlock, then interrupt remapping.
+    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
+    assert_matches!(err, HostError::DeviceNotFound(_));
+    f.add("0000:03:02.1", Some("vfio-pci"), Some(1));
+    f.add("0000:03:02.2", Some("vfio-pci"), Some(1));
     let low = |need| Err(HostError::MemlockTooLow { limit: 0, need });
     let err = preflight_with(&f.p, &cfg, low).unwrap_err();
     assert_matches!(err, HostError::MemlockTooLow { need, .. } if *need == cfg.memory);
     let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
     assert_matches!(err, HostError::NoInterruptRemapping { .. });
     cfg.allow_unsafe_interrupts = true;
-    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
-    assert_matches!(err, HostError::DeviceNotFound(_));
-    f.add("0000:03:02.1", Some("vfio-pci"), Some(1));
-    f.add("0000:03:02.2", Some("vfio-pci"), Some(1));
     let devices = preflight_with(&f.p, &cfg, ok).unwrap();
     assert_eq!(devices.iter().map(|d| d.group).collect::<Vec<_>>(), [1, 1]);
     cfg.devices.push(bdf("03:02.1"));
