@@ -2,6 +2,7 @@
 //! BAR bookkeeping and MSI-X table emulation.
 
 pub mod bar;
+pub mod msi;
 pub mod msix;
 pub mod root;
 

@@ -119,6 +119,10 @@ pub trait VfioBackend: Send + Sync {
     fn enable_msix(&self, fds: &[&EventFd]) -> Result<(), BackendError>;
     /// Disables MSI-X.
     fn disable_msix(&self) -> Result<(), BackendError>;
+    /// Enables MSI with one eventfd per vector.
+    fn enable_msi(&self, fds: &[&EventFd]) -> Result<(), BackendError>;
+    /// Disables MSI.
+    fn disable_msi(&self) -> Result<(), BackendError>;
     /// Resets the function (FLR or whatever vfio-pci uses).
     fn reset(&self);
 }
@@ -180,6 +184,14 @@ impl VfioBackend for VfioDevice {
 
     fn disable_msix(&self) -> Result<(), BackendError> {
         VfioDevice::disable_msix(self).map_err(|e| BackendError::Vfio(e.to_string()))
+    }
+
+    fn enable_msi(&self, fds: &[&EventFd]) -> Result<(), BackendError> {
+        VfioDevice::enable_msi(self, fds.to_vec()).map_err(|e| BackendError::Vfio(e.to_string()))
+    }
+
+    fn disable_msi(&self) -> Result<(), BackendError> {
+        VfioDevice::disable_msi(self).map_err(|e| BackendError::Vfio(e.to_string()))
     }
 
     fn reset(&self) {

@@ -3,8 +3,7 @@
 //! Configuration space is passed through to vfio-pci except for what the
 //! VMM must own: the BARs (guest addresses, sizing), the expansion ROM
 //! (hidden), the interrupt pin (no INTx), the multi-function bit, the MSI
-//! capability (unlinked; MSI-X is the supported mechanism) and the MSI-X
-//! Message Control bits. BARs are mmapped into the guest except the pages
+//! capability and the MSI-X Message Control bits. BARs are mmapped into the guest except the pages
 //! holding the MSI-X table and PBA, which trap here and are emulated.
 
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{MmapArea, RegionInfo, VfioBackend};
 use crate::interrupts::{InterruptError, MsiRouter};
 use crate::pci::bar::{decode_bar_type, BarInfo, BarShadow, MmioAllocator};
+use crate::pci::msi::{MsiCap, MsiState};
 use crate::pci::msix::{MsixCap, MsixState};
 use crate::pci::{merge_write, regs, PciDevice};
 
@@ -37,6 +37,14 @@ pub enum VfioPciError {
     EventFd(String, #[source] std::io::Error),
 }
 
+struct Msi {
+    cap: MsiCap,
+    state: MsiState,
+    fds: Vec<EventFd>,
+    gsi_base: u32,
+    host_vectors: u32,
+}
+
 struct Msix {
     cap: MsixCap,
     state: MsixState,
@@ -53,8 +61,7 @@ pub struct VfioPciDevice {
     bars: Vec<BarInfo>,
     regions: Vec<RegionInfo>,
     shadow: BarShadow,
-    patches: Vec<(usize, u8)>,
-    hidden: Vec<(usize, usize)>,
+    msi: Option<Msi>,
     msix: Option<Msix>,
     int_line: u8,
     mmaps: Vec<MmapArea>,
@@ -72,34 +79,29 @@ fn cfg_u32(cfg: &[u8], off: usize) -> u32 {
     u32::from(cfg_u16(cfg, off)) | (u32::from(cfg_u16(cfg, off + 2)) << 16)
 }
 
-/// Capabilities found in configuration space.
+/// Interrupt capabilities found in configuration space.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CapScan {
+    /// The MSI capability and its first dword, if any.
+    pub msi: Option<(MsiCap, u32)>,
     /// The MSI-X capability, if any.
     pub msix: Option<MsixCap>,
-    /// Byte patches that unlink hidden capabilities: (offset, new next pointer).
-    pub patches: Vec<(usize, u8)>,
-    /// Hidden capability ranges (offset, length) whose writes are dropped.
-    pub hidden: Vec<(usize, usize)>,
 }
 
-/// Walks the capability list, unlinking MSI and locating MSI-X.
+/// Walks the capability list for MSI and MSI-X.
 pub fn scan_capabilities(cfg: &[u8]) -> CapScan {
     let mut scan = CapScan::default();
     if cfg_u16(cfg, regs::STATUS) & regs::STATUS_CAP_LIST == 0 {
         return scan;
     }
-    let mut link = regs::CAP_PTR;
     let mut ptr = usize::from(cfg_u8(cfg, regs::CAP_PTR) & !3);
     let mut seen = 0;
     while (0x40..regs::CONFIG_SPACE_SIZE).contains(&ptr) && seen < MAX_CAPS {
         seen += 1;
-        let id = cfg_u8(cfg, ptr);
-        let next = cfg_u8(cfg, ptr + 1) & !3;
-        match id {
+        match cfg_u8(cfg, ptr) {
             regs::CAP_ID_MSI => {
-                scan.patches.push((link, next));
-                scan.hidden.push((ptr, 24));
+                let header = cfg_u32(cfg, ptr);
+                scan.msi = Some((MsiCap::parse(ptr, (header >> 16) as u16), header));
             }
             regs::CAP_ID_MSIX => {
                 scan.msix = Some(MsixCap::parse(
@@ -108,11 +110,10 @@ pub fn scan_capabilities(cfg: &[u8]) -> CapScan {
                     cfg_u32(cfg, ptr + 4),
                     cfg_u32(cfg, ptr + 8),
                 ));
-                link = ptr + 1;
             }
-            _ => link = ptr + 1,
+            _ => {}
         }
-        ptr = usize::from(next);
+        ptr = usize::from(cfg_u8(cfg, ptr + 1) & !3);
     }
     scan
 }
@@ -251,19 +252,19 @@ impl VfioPciDevice {
         }
 
         let scan = scan_capabilities(&cfg);
-        if !scan.hidden.is_empty() {
-            log::debug!("{name}: MSI capability hidden from the guest (MSI-X only)");
-        }
+        let eventfds = |n: u32| {
+            (0..n)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| VfioPciError::EventFd(name.to_string(), e))
+        };
         let msix = match scan.msix {
             Some(cap) => {
                 let n = u32::from(cap.table_size).min(dev.msix_vectors().max(1));
                 let gsi_base = router
                     .allocate_gsis(n)
                     .map_err(|e| VfioPciError::Interrupts(name.to_string(), e))?;
-                let fds = (0..n)
-                    .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| VfioPciError::EventFd(name.to_string(), e))?;
+                let fds = eventfds(n)?;
                 log::info!(
                     "{name}: MSI-X with {n} vectors on GSIs {gsi_base}..{}",
                     gsi_base + n
@@ -276,11 +277,31 @@ impl VfioPciDevice {
                     host_enabled: false,
                 })
             }
-            None => {
-                log::warn!("{name}: no MSI-X capability; the guest driver will get no interrupts");
-                None
-            }
+            None => None,
         };
+        let msi = match scan.msi {
+            Some((cap, header)) => {
+                let n = cap.max_vectors();
+                let gsi_base = router
+                    .allocate_gsis(n)
+                    .map_err(|e| VfioPciError::Interrupts(name.to_string(), e))?;
+                log::info!(
+                    "{name}: MSI with up to {n} vectors on GSIs {gsi_base}..{}",
+                    gsi_base + n
+                );
+                Some(Msi {
+                    cap,
+                    state: MsiState::new(cap, header),
+                    fds: eventfds(n)?,
+                    gsi_base,
+                    host_vectors: 0,
+                })
+            }
+            None => None,
+        };
+        if msi.is_none() && msix.is_none() {
+            log::warn!("{name}: neither MSI nor MSI-X; INTx is not supported, the guest driver will get no interrupts");
+        }
 
         Ok(VfioPciDevice {
             name: name.to_string(),
@@ -289,8 +310,7 @@ impl VfioPciDevice {
             router,
             bars,
             regions,
-            patches: scan.patches,
-            hidden: scan.hidden,
+            msi,
             msix,
             int_line: 0,
             mmaps: Vec::new(),
@@ -383,6 +403,44 @@ impl VfioPciDevice {
         }
     }
 
+    fn update_msi(&mut self) {
+        let Some(m) = self.msi.as_mut() else { return };
+        let want = if m.state.enabled() {
+            m.state.vectors()
+        } else {
+            0
+        };
+        if want != m.host_vectors {
+            for (i, fd) in m.fds.iter().enumerate() {
+                if let Err(e) = self.router.route(m.gsi_base + i as u32, None, fd) {
+                    log::error!("{}: MSI vector {i}: {e}", self.name);
+                }
+            }
+            if m.host_vectors > 0 {
+                if let Err(e) = self.dev.disable_msi() {
+                    log::error!("{}: disabling MSI failed: {e}", self.name);
+                }
+            }
+            m.host_vectors = 0;
+            if want > 0 {
+                let fds: Vec<&EventFd> = m.fds.iter().take(want as usize).collect();
+                match self.dev.enable_msi(&fds) {
+                    Ok(()) => m.host_vectors = want,
+                    Err(e) => log::error!("{}: enabling MSI on the host failed: {e}", self.name),
+                }
+            }
+            log::debug!("{}: MSI with {} vectors", self.name, m.host_vectors);
+        }
+        for (i, fd) in m.fds.iter().enumerate() {
+            let i = i as u32;
+            let live = i < m.host_vectors && m.state.vector_live(i);
+            let msg = live.then(|| m.state.message(i));
+            if let Err(e) = self.router.route(m.gsi_base + i, msg, fd) {
+                log::error!("{}: MSI vector {i}: {e}", self.name);
+            }
+        }
+    }
+
     /// Called when the guest turns memory decoding on: by then any BAR
     /// sizing is over, so an address that differs from ours is a move.
     fn check_bar_move(&mut self) {
@@ -459,6 +517,10 @@ impl VfioPciDevice {
             m.state.enabled = false;
         }
         self.update_msix();
+        if let Some(m) = self.msi.as_mut() {
+            m.state.write(2, &[0]);
+        }
+        self.update_msi();
         log::debug!("{}: resetting the function", self.name);
         self.dev.reset();
         log::debug!("{}: reset done", self.name);
@@ -484,10 +546,15 @@ impl PciDevice for VfioPciDevice {
         if off == regs::HEADER_TYPE & !3 {
             v &= !(u32::from(regs::HEADER_TYPE_MULTIFUNCTION) << 16);
         }
-        for (o, val) in &self.patches {
-            if o / 4 == reg {
-                let shift = (o % 4) * 8;
-                v = (v & !(0xff << shift)) | (u32::from(*val) << shift);
+        if let Some(m) = &self.msi {
+            let (start, end) = (m.cap.cap_offset, m.cap.cap_offset + m.cap.len());
+            for i in 0..4 {
+                let byte = off + i;
+                if (start..end).contains(&byte) {
+                    let mut b = [0u8];
+                    m.state.read(byte - start, &mut b);
+                    v = (v & !(0xff << (i * 8))) | (u32::from(b[0]) << (i * 8));
+                }
             }
         }
         if let Some(m) = &self.msix {
@@ -545,8 +612,14 @@ impl PciDevice for VfioPciDevice {
             self.check_bar_move();
         }
         let byte = off + offset;
-        if self.hidden.iter().any(|(s, l)| byte >= *s && byte < s + l) {
-            return;
+        if let Some(m) = self.msi.as_mut() {
+            let start = m.cap.cap_offset;
+            if (start..start + m.cap.len()).contains(&byte) {
+                if m.state.write(byte - start, data) {
+                    self.update_msi();
+                }
+                return;
+            }
         }
         self.dev.config_write(byte as u64, data);
     }

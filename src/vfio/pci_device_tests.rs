@@ -1,6 +1,6 @@
 //! Tests for the VFIO PCI device model, against a mock host device shaped
 //! like an igbvf VF: BAR0 and BAR3 64-bit 16 KiB, MSI then MSI-X (3 vectors,
-//! table at BAR3+0, PBA at BAR3+0x2000) then PCIe.
+//! table at BAR3+0, PBA at BAR3+0x2000) then PCIe; MSI is 64-bit, one vector.
 
 use std::sync::Mutex;
 
@@ -16,6 +16,8 @@ struct Log {
     region_writes: Vec<(u32, u64, Vec<u8>)>,
     msix_enabled_with: Option<usize>,
     msix_disables: usize,
+    msi_enabled_with: Option<usize>,
+    msi_disables: usize,
     resets: usize,
 }
 
@@ -120,6 +122,16 @@ impl VfioBackend for MockVfio {
         l.msix_disables += 1;
         Ok(())
     }
+    fn enable_msi(&self, fds: &[&EventFd]) -> Result<(), super::super::BackendError> {
+        self.log.lock().unwrap().msi_enabled_with = Some(fds.len());
+        Ok(())
+    }
+    fn disable_msi(&self) -> Result<(), super::super::BackendError> {
+        let mut l = self.log.lock().unwrap();
+        l.msi_enabled_with = None;
+        l.msi_disables += 1;
+        Ok(())
+    }
     fn reset(&self) {
         self.log.lock().unwrap().resets += 1;
     }
@@ -185,7 +197,7 @@ fn rom_intx_and_multifunction_are_hidden() {
 }
 
 #[test]
-fn guest_walks_caps_without_msi() {
+fn guest_walks_the_capability_list() {
     let (mut d, mock, _) = device();
     let byte =
         |d: &mut VfioPciDevice, off: usize| (d.read_config(off / 4) >> ((off % 4) * 8)) as u8;
@@ -195,13 +207,49 @@ fn guest_walks_caps_without_msi() {
         ids.push(byte(&mut d, ptr));
         ptr = byte(&mut d, ptr + 1) as usize;
     }
-    assert_eq!(ids, vec![regs::CAP_ID_MSIX, 0x10]);
-    // Writes into the hidden MSI capability are dropped; others pass through.
+    assert_eq!(ids, vec![regs::CAP_ID_MSI, regs::CAP_ID_MSIX, 0x10]);
+    // MSI capability writes are emulated; other writes pass through.
     d.write_config(0x44 / 4, 0, &[0xff]);
     d.write_config(1, 0, &0x0006u16.to_le_bytes());
     assert_eq!(
         mock.log.lock().unwrap().config_writes,
         vec![(4, vec![6, 0])]
+    );
+}
+
+#[test]
+fn msi_enable_routes_the_programmed_message() {
+    let (mut d, mock, router) = device();
+    // MSI-X took GSIs 24..27; MSI (one vector) comes next.
+    let gsi = crate::arch::x86_64::layout::MSI_GSI_START + 3;
+    cfg_write32(&mut d, 0x44, 0xfee0_2000);
+    cfg_write32(&mut d, 0x48, 0);
+    d.write_config(0x4c / 4, 0, &0x4071u16.to_le_bytes());
+    assert!(router.routes.lock().unwrap().is_empty());
+    d.write_config(0x40 / 4, 2, &0x0081u16.to_le_bytes());
+    assert_eq!(mock.log.lock().unwrap().msi_enabled_with, Some(1));
+    assert_eq!(
+        router.routes.lock().unwrap().get(&gsi),
+        Some(&MsiMessage {
+            addr_lo: 0xfee0_2000,
+            addr_hi: 0,
+            data: 0x4071
+        })
+    );
+    assert_eq!(
+        d.read_config(0x40 / 4) >> 16,
+        0x0081,
+        "guest reads its enable bit back"
+    );
+    // A new message while enabled re-routes; disabling removes the route.
+    d.write_config(0x4c / 4, 0, &0x4072u16.to_le_bytes());
+    assert_eq!(router.routes.lock().unwrap()[&gsi].data, 0x4072);
+    d.write_config(0x40 / 4, 2, &0x0080u16.to_le_bytes());
+    assert!(router.routes.lock().unwrap().is_empty());
+    assert_eq!(mock.log.lock().unwrap().msi_disables, 1);
+    assert!(
+        mock.log.lock().unwrap().config_writes.is_empty(),
+        "MSI writes never reach the device"
     );
 }
 
@@ -385,8 +433,7 @@ fn malformed_capability_lists_terminate() {
     put(&mut c, 0x06, &regs::STATUS_CAP_LIST.to_le_bytes());
     put(&mut c, regs::CAP_PTR, &[0x40]);
     put(&mut c, 0x40, &[0x09, 0x40]); // points at itself
-    let s = scan_capabilities(&c);
-    assert_eq!(s.msix, None);
+    assert_eq!(scan_capabilities(&c), CapScan::default());
     put(&mut c, regs::CAP_PTR, &[0x10]); // points into the header
     assert_eq!(scan_capabilities(&c), CapScan::default());
 }
