@@ -58,6 +58,12 @@ pub fn e820_map(size: u64) -> Vec<(u64, u64, E820Kind)> {
             layout::BIOS_AREA_END.0 - layout::BIOS_AREA_START.0,
             E820Kind::Reserved,
         ),
+        // Linux uses ECAM only where the firmware reserved it.
+        (
+            layout::PCI_ECAM_START.0,
+            layout::PCI_ECAM_SIZE,
+            E820Kind::Reserved,
+        ),
     ];
     for (start, len) in ram_ranges(size) {
         if start.0 == 0 {
@@ -107,6 +113,9 @@ mod tests {
         assert!(m
             .iter()
             .any(|e| e.0 == layout::RSDP_START.0 && e.2 == E820Kind::Reserved));
+        assert!(m
+            .iter()
+            .any(|e| e.0 == layout::PCI_ECAM_START.0 && e.2 == E820Kind::Reserved));
         let mut sorted = m.clone();
         sorted.sort();
         for w in sorted.windows(2) {

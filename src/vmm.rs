@@ -25,7 +25,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::interrupts::KvmMsiRouter;
 use crate::memory;
 use crate::pci::bar::MmioAllocator;
-use crate::pci::root::PciRoot;
+use crate::pci::root::{PciEcam, PciRoot};
 use crate::vcpu::{self, Buses, Vcpu};
 use crate::vfio::container::Container;
 use crate::vfio::host::HostDevice;
@@ -323,10 +323,16 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
         log::info!("guest RAM ({} MiB) mapped for device DMA", cfg.memory >> 20);
         container = Some(c);
     }
+    let root = Arc::new(Mutex::new(root));
     buses.pio.insert(
         u64::from(layout::PCI_CONFIG_PORT),
         u64::from(layout::PCI_CONFIG_PORT_LEN),
-        Arc::new(Mutex::new(root)),
+        root.clone(),
+    )?;
+    buses.mmio.insert(
+        layout::PCI_ECAM_START.0,
+        layout::PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(PciEcam(root))),
     )?;
 
     // Firmware tables and the kernel.

@@ -40,11 +40,14 @@ pub mod regs {
     pub const CAP_ID_MSIX: u8 = 0x11;
     /// Size of the conventional configuration space.
     pub const CONFIG_SPACE_SIZE: usize = 256;
+    /// Size of the PCI Express (extended) configuration space.
+    pub const EXT_CONFIG_SPACE_SIZE: usize = 4096;
 }
 
 /// A device on the emulated PCI bus, addressed by 32-bit configuration registers.
 pub trait PciDevice: Send {
-    /// Reads configuration register `reg` (dword index 0..64).
+    /// Reads configuration register `reg` (dword index 0..1024; 64 and up is
+    /// extended space, reachable through ECAM only).
     fn read_config(&mut self, reg: usize) -> u32;
     /// Writes `data` (1, 2 or 4 bytes) at byte `offset` within register `reg`.
     fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]);

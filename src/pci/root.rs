@@ -1,6 +1,7 @@
-//! The PCI host bridge (00:00.0) and configuration mechanism #1 on ports
-//! 0xcf8/0xcfc: decodes CONFIG_ADDRESS and forwards data accesses to the
-//! device in the addressed slot. Only bus 0, function 0 of each slot exists.
+//! The PCI host bridge (00:00.0) and the two ways to reach configuration
+//! space: mechanism #1 on ports 0xcf8/0xcfc (256 bytes per function) and
+//! ECAM (4 KiB per function, memory-mapped). Both forward to the device in
+//! the addressed slot. Only bus 0, function 0 of each slot exists.
 
 use std::sync::{Arc, Mutex};
 
@@ -99,6 +100,42 @@ impl PciRoot {
         self.slots[slot].as_ref().map(|d| (d, reg))
     }
 
+    fn slot_device(&self, slot: usize, function: u32) -> Option<&SharedPciDevice> {
+        if function != 0 {
+            return None;
+        }
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    /// ECAM read at `offset` from the start of the bus-0 window.
+    pub fn ecam_read(&self, offset: u64, data: &mut [u8]) {
+        let (slot, function, reg, byte) = decode_ecam(offset);
+        let value = match self.slot_device(slot, function) {
+            Some(dev) if byte + data.len() <= 4 => dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read_config(reg),
+            _ => 0xffff_ffff,
+        };
+        let bytes = value.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(byte + i).copied().unwrap_or(0xff);
+        }
+    }
+
+    /// ECAM write at `offset` from the start of the bus-0 window.
+    pub fn ecam_write(&self, offset: u64, data: &[u8]) {
+        let (slot, function, reg, byte) = decode_ecam(offset);
+        if byte + data.len() > 4 {
+            return;
+        }
+        if let Some(dev) = self.slot_device(slot, function) {
+            dev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_config(reg, byte, data);
+        }
+    }
+
     fn read_data(&self, offset: usize, data: &mut [u8]) {
         let value = match self.target() {
             Some((dev, reg)) => dev
@@ -119,6 +156,33 @@ impl PciRoot {
                 .unwrap_or_else(|e| e.into_inner())
                 .write_config(reg, offset, data);
         }
+    }
+}
+
+/// Splits an ECAM offset into (slot, function, dword register, byte in register).
+fn decode_ecam(offset: u64) -> (usize, u32, usize, usize) {
+    let slot = ((offset >> 15) & 0x1f) as usize;
+    let function = ((offset >> 12) & 0x7) as u32;
+    let reg = ((offset & 0xfff) >> 2) as usize;
+    (slot, function, reg, (offset & 3) as usize)
+}
+
+/// The ECAM window as a bus device over the shared root.
+pub struct PciEcam(pub Arc<Mutex<PciRoot>>);
+
+impl BusDevice for PciEcam {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ecam_read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ecam_write(offset, data);
     }
 }
 
@@ -187,6 +251,36 @@ mod tests {
         root.write(0, &addr(0, 1));
         root.write(4, &[0x06, 0x00]);
         assert_eq!(read32(&mut root, 0, 1), 0x6);
+    }
+
+    #[test]
+    fn ecam_reaches_the_same_devices_with_4k_space() {
+        let mut root = PciRoot::new();
+        let dev: SharedPciDevice = Arc::new(Mutex::new(HostBridge { command: 0 }));
+        root.add_device(dev).unwrap();
+        let mut d = [0u8; 4];
+        root.ecam_read(0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0008_1b36);
+        // Slot 1, register 0x04 (command), written and read back through ECAM.
+        root.ecam_write((1 << 15) | 0x4, &[0x2, 0x0]);
+        let mut w = [0u8; 2];
+        root.ecam_read((1 << 15) | 0x4, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 2);
+        // Extended space of the host bridge ends the capability list (reads 0).
+        root.ecam_read(0x100, &mut d);
+        assert_eq!(d, [0; 4]);
+        // Empty slot, non-zero function, straddling access: all ones.
+        root.ecam_read(5 << 15, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        root.ecam_read((1 << 15) | (1 << 12), &mut d);
+        assert_eq!(d, [0xff; 4]);
+        root.ecam_read(3, &mut w);
+        assert_eq!(w, [0xff; 2]);
+        // The shared-root bus device forwards the same way.
+        let shared = Arc::new(Mutex::new(root));
+        let mut ecam = PciEcam(shared);
+        ecam.read(0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0008_1b36);
     }
 
     #[test]

@@ -22,6 +22,10 @@ const PAGE_SIZE: u64 = 4096;
 const MAX_BAR_IN_MMIO32: u64 = 256 << 20;
 /// Bound on capability-list walking (a malformed list must not loop).
 const MAX_CAPS: usize = 48;
+/// Extended capabilities the guest must not manage, shown as null
+/// capabilities (the chain stays intact): ARI, SR-IOV, Resizable BAR, VF
+/// Resizable BAR.
+const HIDDEN_EXT_CAPS: [u16; 4] = [0x0e, 0x10, 0x15, 0x24];
 
 /// Errors building the device model.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub struct VfioPciDevice {
     shadow: BarShadow,
     msi: Option<Msi>,
     msix: Option<Msix>,
+    config_size: usize,
+    hidden_ext: Vec<usize>,
     int_line: u8,
     mmaps: Vec<MmapArea>,
     warned_move: bool,
@@ -116,6 +122,26 @@ pub fn scan_capabilities(cfg: &[u8]) -> CapScan {
         ptr = usize::from(cfg_u8(cfg, ptr + 1) & !3);
     }
     scan
+}
+
+/// Offsets of extended capabilities to hide, walking from 0x100 in `ext`
+/// (the whole 4 KiB configuration space).
+pub fn scan_extended(ext: &[u8]) -> Vec<usize> {
+    let mut hidden = Vec::new();
+    let mut ptr = regs::CONFIG_SPACE_SIZE;
+    let mut seen = 0;
+    while ptr >= regs::CONFIG_SPACE_SIZE && ptr + 4 <= ext.len() && seen < MAX_CAPS {
+        seen += 1;
+        let header = cfg_u32(ext, ptr);
+        if header == 0 || header == 0xffff_ffff {
+            break;
+        }
+        if HIDDEN_EXT_CAPS.contains(&(header as u16)) {
+            hidden.push(ptr);
+        }
+        ptr = ((header >> 20) & 0xffc) as usize;
+    }
+    hidden
 }
 
 fn page_span(offset: u64, len: u64) -> (u64, u64) {
@@ -252,6 +278,17 @@ impl VfioPciDevice {
         }
 
         let scan = scan_capabilities(&cfg);
+        let config_size = (dev
+            .region(vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX)
+            .size as usize)
+            .clamp(regs::CONFIG_SPACE_SIZE, regs::EXT_CONFIG_SPACE_SIZE);
+        let hidden_ext = if config_size > regs::CONFIG_SPACE_SIZE {
+            let mut ext = vec![0u8; config_size];
+            dev.config_read(0, &mut ext);
+            scan_extended(&ext)
+        } else {
+            Vec::new()
+        };
         let eventfds = |n: u32| {
             (0..n)
                 .map(|_| EventFd::new(libc::EFD_NONBLOCK))
@@ -312,6 +349,8 @@ impl VfioPciDevice {
             regions,
             msi,
             msix,
+            config_size,
+            hidden_ext,
             int_line: 0,
             mmaps: Vec::new(),
             warned_move: false,
@@ -533,13 +572,18 @@ impl PciDevice for VfioPciDevice {
         let mut v = match off {
             regs::BAR0..=0x27 => self.shadow.read(reg - regs::BAR0 / 4),
             regs::ROM_BAR => 0,
-            _ if off < regs::CONFIG_SPACE_SIZE => {
+            _ if off < self.config_size => {
                 let mut b = [0u8; 4];
                 self.dev.config_read(off as u64, &mut b);
                 u32::from_le_bytes(b)
             }
-            _ => 0xffff_ffff,
+            // Conventional functions have no extended space: end of list.
+            _ => 0,
         };
+        if self.hidden_ext.contains(&off) {
+            // Keep the next pointer, null the ID and version.
+            v &= 0xfff0_0000;
+        }
         if off == regs::INTERRUPT_LINE {
             v = (v & 0xffff_0000) | u32::from(self.int_line);
         }
@@ -612,6 +656,9 @@ impl PciDevice for VfioPciDevice {
             self.check_bar_move();
         }
         let byte = off + offset;
+        if byte >= self.config_size {
+            return;
+        }
         if let Some(m) = self.msi.as_mut() {
             let start = m.cap.cap_offset;
             if (start..start + m.cap.len()).contains(&byte) {

@@ -22,7 +22,7 @@ struct Log {
 }
 
 struct MockVfio {
-    cfg: Mutex<[u8; 256]>,
+    cfg: Mutex<[u8; 4096]>,
     log: Mutex<Log>,
 }
 
@@ -32,7 +32,7 @@ fn put(cfg: &mut [u8], off: usize, bytes: &[u8]) {
 
 impl MockVfio {
     fn igbvf() -> Arc<Self> {
-        let mut c = [0u8; 256];
+        let mut c = [0u8; 4096];
         put(&mut c, 0x00, &0x10ca_8086u32.to_le_bytes());
         put(&mut c, 0x06, &regs::STATUS_CAP_LIST.to_le_bytes());
         put(&mut c, 0x0e, &[0x80]); // claims multi-function
@@ -46,6 +46,19 @@ impl MockVfio {
         put(&mut c, 0x74, &0x0000_0003u32.to_le_bytes());
         put(&mut c, 0x78, &0x0000_2003u32.to_le_bytes());
         put(&mut c, 0xa0, &[0x10, 0x00, 0x02, 0x00]);
+        // Extended: AER at 0x100 -> ARI at 0x150 -> ATS at 0x160.
+        put(
+            &mut c,
+            0x100,
+            &(0x0001u32 | (1 << 16) | (0x150 << 20)).to_le_bytes(),
+        );
+        put(
+            &mut c,
+            0x150,
+            &(0x000eu32 | (1 << 16) | (0x160 << 20)).to_le_bytes(),
+        );
+        put(&mut c, 0x154, &0x0000_1200u32.to_le_bytes());
+        put(&mut c, 0x160, &(0x000fu32 | (1 << 16)).to_le_bytes());
         Arc::new(MockVfio {
             cfg: Mutex::new(c),
             log: Mutex::new(Log::default()),
@@ -79,6 +92,11 @@ impl VfioBackend for MockVfio {
                 mmap: true,
                 writable: true,
                 msix_mappable: true,
+                ..Default::default()
+            },
+            7 => RegionInfo {
+                size: 0x1000,
+                writable: true,
                 ..Default::default()
             },
             _ => RegionInfo::default(),
@@ -453,4 +471,30 @@ fn sizing_is_not_a_move_but_a_real_move_is_reported() {
         &(regs::COMMAND_MEMORY | regs::COMMAND_BUS_MASTER).to_le_bytes(),
     );
     assert!(d.warned_move);
+}
+
+#[test]
+fn extended_space_passes_through_with_ari_hidden() {
+    let (mut d, mock, _) = device();
+    let mut ids = Vec::new();
+    let mut ptr = 0x100;
+    while ptr != 0 {
+        let h = d.read_config(ptr / 4);
+        ids.push((ptr, h & 0xffff));
+        ptr = (h >> 20) as usize & 0xffc;
+    }
+    assert_eq!(ids, vec![(0x100, 0x0001), (0x150, 0), (0x160, 0x000f)]);
+    assert_eq!(
+        d.read_config(0x154 / 4),
+        0x1200,
+        "the body is still the device's"
+    );
+    d.write_config(0x104 / 4, 0, &[1, 2, 3, 4]);
+    assert_eq!(
+        mock.log.lock().unwrap().config_writes,
+        vec![(0x104, vec![1, 2, 3, 4])]
+    );
+    // Beyond the device's configuration space: nothing.
+    assert_eq!(d.read_config(0x200 / 4), 0);
+    assert_eq!(scan_extended(&[0u8; 256]), Vec::<usize>::new());
 }

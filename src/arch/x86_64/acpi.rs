@@ -3,7 +3,8 @@
 //! The platform is "hardware reduced": no PM1 blocks, no SCI. Power-off and
 //! reset go through the sleep control and reset registers, both one I/O port
 //! (`layout::ACPI_PM_PORT`, emulated by `devices::acpi_pm`). The DSDT
-//! describes the PCI host bridge with its windows, COM1 and `_S5`.
+//! describes the PCI Express host bridge with its windows, COM1 and `_S5`;
+//! the MCFG table gives its ECAM region.
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
@@ -14,6 +15,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -79,9 +81,11 @@ pub fn dsdt_aml(pci: PciWindows) -> Vec<u8> {
         None,
     );
     let pci_crs = ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mem32, &mem64]);
-    let pci_hid = EISAName::new("PNP0A03");
+    let pci_hid = EISAName::new("PNP0A08");
+    let pci_cid = EISAName::new("PNP0A03");
     let pci_names = [
         Name::new("_HID".into(), &pci_hid),
+        Name::new("_CID".into(), &pci_cid),
         Name::new("_ADR".into(), &aml::ZERO),
         Name::new("_SEG".into(), &aml::ZERO),
         Name::new("_UID".into(), &aml::ZERO),
@@ -162,6 +166,13 @@ pub fn madt(cpus: u8) -> Vec<u8> {
     aml_bytes(&m)
 }
 
+/// The MCFG: ECAM for segment 0, bus 0.
+pub fn mcfg() -> Vec<u8> {
+    let mut m = MCFG::new(OEM_ID, *b"VFLMCFG ", OEM_REVISION);
+    m.add_ecam(layout::PCI_ECAM_START.0, 0, 0, 0);
+    aml_bytes(&m)
+}
+
 /// Writes all tables; returns the RSDP address.
 pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, pci: PciWindows) -> Result<u64, AcpiError> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"VFLDSDT ", OEM_REVISION);
@@ -181,9 +192,11 @@ pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, pci: PciWindows) -> Result<
     let dsdt_addr = place(dsdt.as_slice())?;
     let fadt_addr = place(&fadt(dsdt_addr))?;
     let madt_addr = place(&madt(cpus))?;
+    let mcfg_addr = place(&mcfg())?;
     let mut xsdt = XSDT::new(OEM_ID, *b"VFLXSDT ", OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let xsdt_addr = place(&aml_bytes(&xsdt))?;
     mem.write_slice(
         &aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr)),
@@ -220,12 +233,12 @@ mod tests {
         mem.read_slice(&mut hdr, GuestAddress(xsdt)).unwrap();
         assert_eq!(&hdr[0..4], b"XSDT");
         let len = u32::from_le_bytes(hdr[4..8].try_into().unwrap()) as usize;
-        assert_eq!(len, 36 + 16);
+        assert_eq!(len, 36 + 24);
         let mut x = vec![0u8; len];
         mem.read_slice(&mut x, GuestAddress(xsdt)).unwrap();
         assert!(checksum_ok(&x));
         let mut sigs = Vec::new();
-        for i in 0..2 {
+        for i in 0..3 {
             let a = u64::from_le_bytes(x[36 + 8 * i..44 + 8 * i].try_into().unwrap());
             let mut h = [0u8; 8];
             mem.read_slice(&mut h, GuestAddress(a)).unwrap();
@@ -235,7 +248,10 @@ mod tests {
             assert!(checksum_ok(&t), "bad checksum in {:?}", &h[0..4]);
             sigs.push(h[0..4].to_vec());
         }
-        assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
+        assert_eq!(
+            sigs,
+            vec![b"FACP".to_vec(), b"APIC".to_vec(), b"MCFG".to_vec()]
+        );
     }
 
     #[test]
@@ -262,6 +278,19 @@ mod tests {
         let m = madt(3);
         assert_eq!(&m[0..4], b"APIC");
         assert_eq!(m.len(), 44 + 3 * 8 + 12);
+        assert!(checksum_ok(&m));
+    }
+
+    #[test]
+    fn mcfg_points_at_ecam_for_bus_0() {
+        let m = mcfg();
+        assert_eq!(&m[0..4], b"MCFG");
+        assert_eq!(m.len(), 44 + 16);
+        assert_eq!(
+            u64::from_le_bytes(m[44..52].try_into().unwrap()),
+            layout::PCI_ECAM_START.0
+        );
+        assert_eq!((m[54], m[55]), (0, 0), "bus range 0..=0");
         assert!(checksum_ok(&m));
     }
 

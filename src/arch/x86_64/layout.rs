@@ -47,6 +47,10 @@ pub const MMIO32_HOLE_START: GuestAddress = GuestAddress(0xc000_0000);
 pub const PCI_MMIO32_START: GuestAddress = MMIO32_HOLE_START;
 /// Size of the 32-bit PCI MMIO window (768 MiB).
 pub const PCI_MMIO32_SIZE: u64 = 0x3000_0000;
+/// PCI Express enhanced configuration space (ECAM) for bus 0, in the MCFG table.
+pub const PCI_ECAM_START: GuestAddress = GuestAddress(0xf000_0000);
+/// ECAM size for one bus: 32 devices x 8 functions x 4 KiB.
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// IOAPIC registers.
 pub const IOAPIC_START: GuestAddress = GuestAddress(0xfec0_0000);
 /// Local APIC registers.
@@ -101,7 +105,8 @@ const _: () = {
     assert!(PDE_START.0 + 0x1000 <= CMDLINE_START.0);
     assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
     assert!(ACPI_TABLES_START.0 < BIOS_AREA_END.0);
-    assert!(PCI_MMIO32_START.0 + PCI_MMIO32_SIZE <= IOAPIC_START.0);
+    assert!(PCI_MMIO32_START.0 + PCI_MMIO32_SIZE <= PCI_ECAM_START.0);
+    assert!(PCI_ECAM_START.0 + PCI_ECAM_SIZE <= IOAPIC_START.0);
     assert!(KVM_TSS_START.0 + 3 * 0x1000 <= RAM_64BIT_START.0);
 };
 
