@@ -156,3 +156,61 @@ fn bad_input_fails_with_one_line_and_usage_codes() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("0000:7f:1f.7"), "{stderr}");
 }
+
+#[test]
+fn sigterm_stops_a_running_guest() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    if let Some(why) = kvm_unusable() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(
+        dir.path(),
+        "spin.elf",
+        &elf64(&tiny_spin_code(b"spinning\n"), false),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vflaunch"))
+        .args([
+            "run",
+            "--kernel",
+            &kernel,
+            "--memory",
+            "64M",
+            "--cpus",
+            "2",
+            "--no-devices-from-env",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 9];
+    child.stdout.take().unwrap().read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"spinning\n");
+    // The guest now spins in KVM_RUN; SIGTERM must still stop the VMM.
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "vflaunch ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(stderr.contains("stopped by signal 15"), "{stderr}");
+}

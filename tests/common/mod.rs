@@ -30,6 +30,15 @@ pub fn tiny_poweroff_code(msg: &[u8], pm_value: u8) -> Vec<u8> {
     c
 }
 
+/// 64-bit code: print `msg` on COM1, then spin forever (the VMM must be
+/// stopped from outside).
+pub fn tiny_spin_code(msg: &[u8]) -> Vec<u8> {
+    let mut c = tiny_poweroff_code(msg, 0);
+    // Replace "mov dx, 0x600; mov al, 0; out dx, al" with a tight loop.
+    c[22..29].copy_from_slice(&[0xeb, 0xfe, 0x90, 0x90, 0x90, 0x90, 0x90]);
+    c
+}
+
 /// 32-bit code for the PVH entry: check that EBX points at the PVH start
 /// info (magic 0x336ec578), print `msg`, power off; on a bad magic, reset.
 pub fn tiny_pvh_code(msg: &[u8]) -> Vec<u8> {
