@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// "cpus": 2, "devices": ["0000:03:02.1"], ...}; flags override it, devices are merged
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Back guest RAM with 2 MiB huge pages (reserve them first in
+    /// /proc/sys/vm/nr_hugepages); makes pinning RAM for device DMA much cheaper
+    #[arg(long)]
+    pub hugepages: bool,
     /// Boot even if the host IOMMU has no interrupt remapping (a device could then inject
     /// arbitrary interrupts); the host also needs vfio_iommu_type1 allow_unsafe_interrupts=1
     #[arg(long)]
@@ -223,6 +227,7 @@ impl RunArgs {
             memory: self.memory.or(file.memory).unwrap_or(DEFAULT_MEMORY),
             cpus: self.cpus.or(file.cpus).unwrap_or(1),
             devices,
+            hugepages: self.hugepages || file.hugepages.unwrap_or(false),
             allow_unsafe_interrupts: self.allow_unsafe_interrupts
                 || file.allow_unsafe_interrupts.unwrap_or(false),
         };
@@ -353,7 +358,7 @@ mod tests {
             "vm.json",
             &format!(
                 r#"{{"kernel": "{d}/k", "initramfs": "{d}/i", "cmdline": "quiet", "memory": 1024,
-                    "cpus": 2, "allow_unsafe_interrupts": true}}"#
+                    "cpus": 2, "hugepages": true, "allow_unsafe_interrupts": true}}"#
             ),
         );
         let cfg = f.run("--config $D/vm.json", &[]).unwrap();
@@ -364,6 +369,7 @@ mod tests {
             ("quiet", 1 << 30, 2)
         );
         assert!(cfg.allow_unsafe_interrupts);
+        assert!(cfg.hugepages);
         let args = "--config $D/vm.json --kernel $D/k2 --memory 2G --cpus 4 --cmdline console=hvc0";
         let cfg = f.run(args, &[]).unwrap();
         assert_eq!(cfg.kernel, f.0.path().join("k2"));

@@ -44,10 +44,10 @@ pub enum ConfigError {
         source: io::Error,
     },
     /// The config JSON is malformed or has an unknown field.
-    #[error("invalid VM config JSON: fields are kernel, initramfs, cmdline, memory, cpus, devices, allow_unsafe_interrupts")]
+    #[error("invalid VM config JSON: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts")]
     Json(#[source] serde_json::Error),
     /// The config file's JSON is malformed or has an unknown field.
-    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, allow_unsafe_interrupts")]
+    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts")]
     JsonFile {
         /// The file.
         path: PathBuf,
@@ -143,7 +143,7 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
 /// ```json
 /// {"kernel": "bzImage", "initramfs": "initrd.img", "cmdline": "console=ttyS0",
 ///  "memory": "1G", "cpus": 2, "devices": ["0000:03:02.1"],
-///  "allow_unsafe_interrupts": false}
+///  "hugepages": false, "allow_unsafe_interrupts": false}
 /// ```
 /// Relative paths are used as given (relative to the current directory).
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +162,8 @@ pub struct FileConfig {
     pub cpus: Option<u8>,
     /// PCI devices to pass through.
     pub devices: Option<Vec<Bdf>>,
+    /// Back guest RAM with 2 MiB huge pages.
+    pub hugepages: Option<bool>,
     /// Run even without host interrupt remapping.
     pub allow_unsafe_interrupts: Option<bool>,
 }
@@ -217,6 +219,8 @@ pub struct VmConfig {
     pub cpus: u8,
     /// PCI devices to pass through, without duplicates, in the given order.
     pub devices: Vec<Bdf>,
+    /// Back guest RAM with 2 MiB huge pages.
+    pub hugepages: bool,
     /// Run even if the host has no interrupt remapping.
     pub allow_unsafe_interrupts: bool,
 }
@@ -231,6 +235,7 @@ impl VmConfig {
             memory: DEFAULT_MEMORY,
             cpus: 1,
             devices: Vec::new(),
+            hugepages: false,
             allow_unsafe_interrupts: false,
         }
     }

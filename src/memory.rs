@@ -1,7 +1,8 @@
 //! Guest RAM: one anonymous mapping per contiguous range, split around the
 //! 32-bit PCI hole, and the matching e820 map.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::arch::x86_64::layout;
 
@@ -10,7 +11,13 @@ use crate::arch::x86_64::layout;
 pub enum MemoryError {
     /// mmap of guest RAM failed.
     #[error("Cannot allocate {0} MiB of guest memory")]
-    Allocate(u64, #[source] vm_memory::mmap::FromRangesError),
+    Allocate(u64, #[source] vm_memory::mmap::MmapRegionError),
+    /// Not enough huge pages reserved.
+    #[error("Cannot allocate {0} MiB of guest memory from 2 MiB huge pages: reserve them first (echo {1} > /proc/sys/vm/nr_hugepages) or drop --hugepages")]
+    HugePages(u64, u64, #[source] vm_memory::mmap::MmapRegionError),
+    /// The regions could not be assembled (a bug in the layout).
+    #[error("Invalid guest memory layout")]
+    Layout(#[source] vm_memory::GuestRegionCollectionError),
 }
 
 /// The (start, size) RAM ranges for `size` bytes of guest memory.
@@ -26,13 +33,37 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
     }
 }
 
-/// Allocates guest RAM.
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
-        .into_iter()
-        .map(|(a, s)| (a, s as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(size >> 20, e))
+/// Allocates guest RAM, from 2 MiB huge pages if `hugepages`. Huge pages
+/// are reserved at mmap time, so a shortage fails here, not in the guest.
+pub fn create_guest_memory(size: u64, hugepages: bool) -> Result<GuestMemoryMmap, MemoryError> {
+    let mut regions = Vec::new();
+    for (addr, len) in ram_ranges(size) {
+        let flags = libc::MAP_ANONYMOUS
+            | libc::MAP_PRIVATE
+            | if hugepages {
+                libc::MAP_HUGETLB
+            } else {
+                libc::MAP_NORESERVE
+            };
+        let mapping = MmapRegionBuilder::new(len as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags)
+            .with_hugetlbfs(hugepages)
+            .build()
+            .map_err(|e| {
+                if hugepages {
+                    MemoryError::HugePages(size >> 20, size.div_ceil(2 << 20), e)
+                } else {
+                    MemoryError::Allocate(size >> 20, e)
+                }
+            })?;
+        // The ranges never overlap and never wrap, so the region is valid.
+        let region = GuestRegionMmap::new(mapping, addr).ok_or(MemoryError::Layout(
+            vm_memory::GuestRegionCollectionError::NoMemoryRegion,
+        ))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)
 }
 
 /// One e820 entry type.
@@ -126,7 +157,31 @@ mod tests {
     #[test]
     fn creates_memory() {
         use vm_memory::GuestMemoryBackend;
-        let m = create_guest_memory(64 << 20).unwrap();
+        let m = create_guest_memory(64 << 20, false).unwrap();
         assert_eq!(m.num_regions(), 1);
+    }
+
+    fn free_hugepages() -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn hugepages_succeed_or_fail_up_front_with_a_hint() {
+        use vm_memory::{Bytes, GuestMemoryBackend};
+        let size = 64 << 20;
+        if free_hugepages() >= 32 {
+            let m = create_guest_memory(size, true).unwrap();
+            m.write_obj(0xabu8, GuestAddress(size - 1)).unwrap();
+            assert_eq!(m.num_regions(), 1);
+        } else {
+            let err = create_guest_memory(size, true).unwrap_err();
+            assert!(matches!(err, MemoryError::HugePages(64, 32, _)), "{err}");
+            assert!(err.to_string().contains("nr_hugepages"));
+        }
     }
 }

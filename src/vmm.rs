@@ -241,7 +241,7 @@ fn register_ram(vm: &VmFd, mem: &GuestMemoryMmap, slots: &mut Slots) -> Result<(
 pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmError> {
     let kvm = Kvm::new().map_err(VmmError::Kvm)?;
     let vm = Arc::new(create_vm(&kvm)?);
-    let mem = memory::create_guest_memory(cfg.memory)?;
+    let mem = memory::create_guest_memory(cfg.memory, cfg.hugepages)?;
     let mut slots = Slots(0);
     register_ram(&vm, &mem, &mut slots)?;
     let exit =

@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn tables_are_linked_and_checksummed() {
-        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let mem = crate::memory::create_guest_memory(64 << 20, false).unwrap();
         let rsdp = write_tables(&mem, 2, windows()).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, GuestAddress(rsdp)).unwrap();

@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn rejects_non_kernel_files() {
-        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let mem = crate::memory::create_guest_memory(64 << 20, false).unwrap();
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), vec![0u8; 8192]).unwrap();
         let err = load(&mem, 64 << 20, f.path(), None, "console=ttyS0").unwrap_err();
