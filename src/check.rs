@@ -70,14 +70,18 @@ pub fn report(
 mod tests {
     use super::*;
 
-    #[test]
-    fn missing_kvm_and_device_fail_with_one_line_each() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = HostPaths {
+    fn empty_host(dir: &tempfile::TempDir) -> HostPaths {
+        HostPaths {
             sys: dir.path().join("sys"),
             dev: dir.path().join("dev"),
             proc: dir.path().join("proc"),
-        };
+        }
+    }
+
+    #[test]
+    fn missing_kvm_and_device_fail_with_one_line_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = empty_host(&dir);
         let mut out = Vec::new();
         let bdf: Bdf = "0000:03:02.1".parse().unwrap();
         let code = report(&p, &[bdf], 64 << 20, true, &mut out);
@@ -97,11 +101,7 @@ mod tests {
     #[test]
     fn no_devices_only_checks_kvm() {
         let dir = tempfile::tempdir().unwrap();
-        let p = HostPaths {
-            sys: dir.path().join("sys"),
-            dev: dir.path().join("dev"),
-            proc: dir.path().join("proc"),
-        };
+        let p = empty_host(&dir);
         let mut out = Vec::new();
         report(&p, &[], 64 << 20, false, &mut out);
         let text = String::from_utf8(out).unwrap();

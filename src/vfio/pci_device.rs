@@ -41,6 +41,16 @@ pub enum VfioPciError {
     EventFd(String, #[source] std::io::Error),
 }
 
+/// Where a trapped BAR access lands.
+enum Trapped {
+    /// Offset in the MSI-X table.
+    MsixTable(u64),
+    /// The pending-bit array.
+    Pba,
+    /// Anything else: the device's own registers (region, offset).
+    Device(u32, u64),
+}
+
 struct Msi {
     cap: MsiCap,
     state: MsiState,
@@ -497,53 +507,52 @@ impl VfioPciDevice {
         }
     }
 
+    /// What a trapped guest address hits.
+    fn classify(&self, addr: u64) -> Option<Trapped> {
+        let bar = self.bars.iter().find(|b| b.contains(addr))?;
+        let off = addr - bar.addr;
+        if let Some(c) = self.msix.as_ref().map(|m| m.cap) {
+            let table = c.table_offset..c.table_offset + c.table_len();
+            if c.table_bar == bar.index && table.contains(&off) {
+                return Some(Trapped::MsixTable(off - c.table_offset));
+            }
+            if c.pba_bar == bar.index && (c.pba_offset..c.pba_offset + c.pba_len()).contains(&off) {
+                return Some(Trapped::Pba);
+            }
+        }
+        Some(Trapped::Device(bar.index as u32, off))
+    }
+
     /// Handles a trapped read at guest address `addr`.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
         data.fill(0);
-        let Some(bar) = self.bars.iter().find(|b| b.contains(addr)).copied() else {
-            return;
-        };
-        let off = addr - bar.addr;
-        if let Some(m) = self.msix.as_mut() {
-            let c = m.cap;
-            if c.table_bar == bar.index
-                && off >= c.table_offset
-                && off < c.table_offset + c.table_len()
-            {
-                m.state.read_table(off - c.table_offset, data);
-                return;
+        match self.classify(addr) {
+            Some(Trapped::MsixTable(off)) => {
+                if let Some(m) = self.msix.as_mut() {
+                    m.state.read_table(off, data);
+                }
             }
-            if c.pba_bar == bar.index && off >= c.pba_offset && off < c.pba_offset + c.pba_len() {
-                return;
-            }
+            // Nothing is ever left pending: masked vectors' events wait in their eventfds.
+            Some(Trapped::Pba) | None => {}
+            Some(Trapped::Device(region, off)) => self.dev.region_read(region, off, data),
         }
-        self.dev.region_read(bar.index as u32, off, data);
     }
 
     /// Handles a trapped write at guest address `addr`.
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        let Some(bar) = self.bars.iter().find(|b| b.contains(addr)).copied() else {
-            return;
-        };
-        let off = addr - bar.addr;
-        if let Some(m) = self.msix.as_mut() {
-            let c = m.cap;
-            if c.table_bar == bar.index
-                && off >= c.table_offset
-                && off < c.table_offset + c.table_len()
-            {
-                if let Some(v) = m.state.write_table(off - c.table_offset, data) {
-                    if m.state.enabled {
-                        self.update_vector(v);
-                    }
+        match self.classify(addr) {
+            Some(Trapped::MsixTable(off)) => {
+                let touched = self.msix.as_mut().and_then(|m| {
+                    let v = m.state.write_table(off, data)?;
+                    m.state.enabled.then_some(v)
+                });
+                if let Some(v) = touched {
+                    self.update_vector(v);
                 }
-                return;
             }
-            if c.pba_bar == bar.index && off >= c.pba_offset && off < c.pba_offset + c.pba_len() {
-                return;
-            }
+            Some(Trapped::Pba) | None => {}
+            Some(Trapped::Device(region, off)) => self.dev.region_write(region, off, data),
         }
-        self.dev.region_write(bar.index as u32, off, data);
     }
 
     /// Disables interrupts and resets the function (at shutdown). Idempotent.
