@@ -1,7 +1,6 @@
 //! The build sequence: one linear function that reads like the boot
 //! procedure, then the wait for the guest to stop and the clean-up.
 
-use std::io::Read;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,13 +11,13 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::register_signal_handler;
-use vmm_sys_util::terminal::Terminal;
 
 use crate::arch::x86_64::acpi::{self, PciWindows};
 use crate::arch::x86_64::{boot, layout};
 use crate::config::VmConfig;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::BusDevice;
+use crate::devices::console::{self, RawTerminal};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialConsole, Unbuffered};
 use crate::exit::{ExitReason, ExitSignal};
@@ -129,80 +128,6 @@ impl Slots {
         self.0 += 1;
         Ok(())
     }
-}
-
-/// Raw terminal mode for the serial console, restored on drop.
-struct RawTerminal(bool);
-
-impl RawTerminal {
-    fn enter() -> Self {
-        let stdin = std::io::stdin();
-        let lock = stdin.lock();
-        use std::io::IsTerminal;
-        // Raw mode only for an interactive console: stdin and stdout both terminals.
-        let raw = std::io::stdin().is_terminal()
-            && std::io::stdout().is_terminal()
-            && lock.set_raw_mode().is_ok();
-        RawTerminal(raw)
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if self.0 {
-            let _ = std::io::stdin().lock().set_canon_mode();
-        }
-    }
-}
-
-/// Ctrl-A, then 'x': leave the VM from the console (as in QEMU).
-const ESCAPE: u8 = 0x01;
-
-fn spawn_stdin(
-    serial: Arc<Mutex<SerialConsole>>,
-    exit: Arc<ExitSignal>,
-    tty: bool,
-) -> Result<(), VmmError> {
-    std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            let mut escaped = false;
-            let mut stdin = std::io::stdin();
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let mut input = Vec::with_capacity(n);
-                for b in &buf[..n] {
-                    if tty && escaped {
-                        escaped = false;
-                        if *b == b'x' {
-                            exit.request(ExitReason::Signal(libc::SIGINT));
-                            return;
-                        }
-                    } else if tty && *b == ESCAPE {
-                        escaped = true;
-                        continue;
-                    }
-                    input.push(*b);
-                }
-                let mut rest = &input[..];
-                while !rest.is_empty() && !exit.requested() {
-                    let taken = serial
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .enqueue_input(rest);
-                    rest = &rest[taken..];
-                    if !rest.is_empty() {
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| VmmError::Os("cannot start the console input thread", e))
 }
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
@@ -368,7 +293,8 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     }
 
     let term = RawTerminal::enter();
-    spawn_stdin(serial, exit.clone(), term.0)?;
+    console::spawn_input(serial, exit.clone(), term.is_raw())
+        .map_err(|e| VmmError::Os("cannot start the console input thread", e))?;
     let buses = Arc::new(buses);
     let started = std::time::Instant::now();
     let mut handles = Vec::new();
