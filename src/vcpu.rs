@@ -174,6 +174,17 @@ impl Vcpu {
                 ))),
             }
         }
+        if log::log_enabled!(log::Level::Debug) {
+            if let Ok(r) = self.fd.get_regs() {
+                log::debug!(
+                    "vCPU {} stopped at rip={:#x} rsp={:#x} rflags={:#x}",
+                    self.id,
+                    r.rip,
+                    r.rsp,
+                    r.rflags
+                );
+            }
+        }
     }
 }
 

@@ -182,7 +182,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, pci: PciWindows) -> Result<
     let mut place = |bytes: &[u8]| -> Result<u64, AcpiError> {
         let addr = next;
         let end = addr + bytes.len() as u64;
-        if end > layout::BIOS_AREA_END.0 {
+        if end > layout::RESET_VECTOR.0 {
             return Err(AcpiError::TooBig(end - layout::ACPI_TABLES_START.0));
         }
         mem.write_slice(bytes, GuestAddress(addr))?;

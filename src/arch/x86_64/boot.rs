@@ -203,6 +203,26 @@ fn write_pvh_info(
     Ok(())
 }
 
+/// Real-mode code at the reset vector: write the ACPI reset value to the PM
+/// port, then halt. Linux uses this path (`machine_real_restart`, a jump to
+/// F000:FFF0) for `reboot=b` and, on some configurations, for panic reboots.
+pub fn reset_stub() -> [u8; 16] {
+    let [lo, hi] = layout::ACPI_PM_PORT.to_le_bytes();
+    let mut code = [0xf4u8; 16]; // hlt
+    code[..9].copy_from_slice(&[
+        0xb0,
+        crate::devices::acpi_pm::RESET_VALUE, // mov al, RESET_VALUE
+        0xba,
+        lo,
+        hi,   // mov dx, ACPI_PM_PORT
+        0xee, // out dx, al
+        0xf4, // hlt
+        0xeb,
+        0xfd, // jmp hlt
+    ]);
+    code
+}
+
 /// Loads everything and returns how to enter the kernel.
 pub fn load(
     mem: &GuestMemoryMmap,
@@ -212,6 +232,7 @@ pub fn load(
     cmdline: &str,
 ) -> Result<BootEntry, BootError> {
     let k = load_kernel(mem, kernel)?;
+    mem.write_slice(&reset_stub(), layout::RESET_VECTOR)?;
     let low_ram_end = mem_size.min(layout::MMIO32_HOLE_START.0);
     let limit = match k.setup_header {
         Some(h) if h.initrd_addr_max != 0 => u64::from(h.initrd_addr_max) + 1,
@@ -285,6 +306,17 @@ mod tests {
         let last = p.e820_table[p.e820_entries as usize - 1];
         assert_eq!({ last.addr } + { last.size }, 256 << 20);
         assert_eq!({ last.r#type }, E820_RAM);
+    }
+
+    #[test]
+    fn reset_vector_asks_for_an_acpi_reset() {
+        let stub = reset_stub();
+        // mov al, 1; mov dx, 0x600; out dx, al
+        assert_eq!(&stub[..6], &[0xb0, 0x01, 0xba, 0x00, 0x06, 0xee]);
+        assert_eq!(
+            crate::devices::acpi_pm::decode(stub[1]),
+            Some(crate::exit::ExitReason::GuestReset)
+        );
     }
 
     #[test]

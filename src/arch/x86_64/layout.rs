@@ -37,6 +37,9 @@ pub const BIOS_AREA_START: GuestAddress = GuestAddress(0xe0000);
 pub const RSDP_START: GuestAddress = BIOS_AREA_START;
 /// ACPI tables (XSDT, FADT, DSDT, MADT) follow the RSDP.
 pub const ACPI_TABLES_START: GuestAddress = GuestAddress(0xe1000);
+/// The x86 reset vector (F000:FFF0), where a guest that reboots "through
+/// the BIOS" jumps; it holds a stub that asks the VMM for a reset.
+pub const RESET_VECTOR: GuestAddress = GuestAddress(0xf_fff0);
 /// End of the legacy BIOS area.
 pub const BIOS_AREA_END: GuestAddress = GuestAddress(0x10_0000);
 /// Where the protected-mode kernel is loaded (1 MiB).
@@ -104,7 +107,8 @@ const _: () = {
     assert!(BOOT_STACK_POINTER < PML4_START.0);
     assert!(PDE_START.0 + 0x1000 <= CMDLINE_START.0);
     assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
-    assert!(ACPI_TABLES_START.0 < BIOS_AREA_END.0);
+    assert!(ACPI_TABLES_START.0 < RESET_VECTOR.0);
+    assert!(RESET_VECTOR.0 + 16 == BIOS_AREA_END.0);
     assert!(PCI_MMIO32_START.0 + PCI_MMIO32_SIZE <= PCI_ECAM_START.0);
     assert!(PCI_ECAM_START.0 + PCI_ECAM_SIZE <= IOAPIC_START.0);
     assert!(KVM_TSS_START.0 + 3 * 0x1000 <= RAM_64BIT_START.0);
