@@ -32,10 +32,10 @@ say() { echo "[hil] $*"; }
 die() { echo "[hil] ERROR: $*" >&2; exit 1; }
 
 case "$HIL_VMM" in vflaunch | qemu) ;; *) die "HIL_VMM must be vflaunch or qemu, not '$HIL_VMM'" ;; esac
+# shellcheck source=tests/hil/lib.sh
+. "$HERE/lib.sh"
 mkdir -p "$HIL_WORK/logs"
-# One L1 at a time: it is a TCG guest using a whole core for a minute.
-exec 9>"$HIL_WORK/run.lock"
-flock -n 9 || die "another HIL run holds $HIL_WORK/run.lock"
+hil_lock # one L1 at a time (shared with guest/run.sh --nested)
 
 T0=$SECONDS
 bash "$HERE/setup.sh"
@@ -54,45 +54,7 @@ fi
 T_BUILD=$((SECONDS - T0))
 
 # --- initramfs images ----------------------------------------------------------
-KDIR=$HIL_WORK/kernel
-KV=$(basename "$(ls -d "$KDIR"/lib/modules/*)")
-MODDIR=$KDIR/lib/modules/$KV/kernel
-
-# Decompress module NAME (.ko.xz found anywhere in the tree) into $1/lib/modules/NAME.ko.
-add_modules() {
-    local root=$1 m f
-    shift
-    mkdir -p "$root/lib/modules"
-    for m in "$@"; do
-        f=$(find "$MODDIR" -name "$m.ko.xz" | head -n1)
-        [ -n "$f" ] || die "module $m not found under $MODDIR"
-        xz -dc "$f" >"$root/lib/modules/$m.ko"
-    done
-}
-
-# Copy a dynamically linked ELF plus the libraries ldd reports (and ld-linux)
-# into the image, at the same paths.
-add_elf() {
-    local root=$1 elf=$2 lib
-    install -D -m 755 "$elf" "$root/bin/$(basename "$elf")"
-    for lib in $(ldd "$elf" | grep -o '/[^ ]*' | sort -u); do
-        # 755: the kernel refuses to exec an ELF interpreter (ld-linux) without x.
-        install -D -m 755 "$(readlink -f "$lib")" "$root$lib"
-    done
-}
-
-# A fresh root with busybox-static and the usual mount points.
-new_root() {
-    rm -rf "$1"
-    mkdir -p "$1"/{bin,dev,proc,sys,tmp}
-    cp /bin/busybox "$1/bin/busybox"
-    install -m 755 "$2" "$1/init"
-}
-
-mk_cpio() { (cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) >"$2"; }
-
-# Single-quote a value for the busybox shell that sources hil.conf.
-shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+hil_kernel # KDIR, KV, MODDIR (lib.sh: add_modules, add_elf, new_root, mk_cpio, shq)
 
 # L2: busybox + igbvf + l2-init.
 L2=$HIL_WORK/l2root

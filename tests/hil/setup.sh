@@ -12,7 +12,21 @@
 #
 # Re-runs touch the network only when something is missing.
 # Env: HIL_WORK (cache dir, default <repo>/target/hil)
+# Options (for guest/run.sh; the default, no option, does all three steps):
+#   --no-qemu    skip qemu-system-x86 (a host that boots guests on its own
+#                KVM needs no QEMU)
+#   --no-kernel  skip the kernel download
+# With both, only busybox-static, cpio and xz-utils are installed.
 set -euo pipefail
+
+WANT_QEMU=1 WANT_KERNEL=1
+for arg in "$@"; do
+    case "$arg" in
+    --no-qemu) WANT_QEMU=0 ;;
+    --no-kernel) WANT_KERNEL=0 ;;
+    *) echo "[hil-setup] ERROR: unknown option '$arg' (--no-qemu, --no-kernel)" >&2; exit 2 ;;
+    esac
+done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HIL_WORK=${HIL_WORK:-$(cd "$HERE/../.." && pwd)/target/hil}
@@ -56,7 +70,8 @@ have_backports_source() {
         /etc/apt/sources.list /etc/apt/sources.list.d/
 }
 
-if ! have_backports_source; then
+# (backports is where qemu and the kernel come from)
+if [ "$WANT_QEMU$WANT_KERNEL" != 00 ] && ! have_backports_source; then
     SRC=/etc/apt/sources.list.d/debian.sources
     if [ -f "$SRC" ] && line=$(bookworm_stanza "$SRC") && [ -n "$line" ]; then
         IFS='|' read -r uris comps signed <<<"$line"
@@ -103,14 +118,16 @@ installed_version() {
 
 QEMU_MIN=1:10.0
 qv=$(installed_version qemu-system-x86)
-if [ -z "$qv" ] || ! dpkg --compare-versions "$qv" ge "$QEMU_MIN"; then
+if [ "$WANT_QEMU" = 0 ]; then
+    : # --no-qemu
+elif [ -z "$qv" ] || ! dpkg --compare-versions "$qv" ge "$QEMU_MIN"; then
     apt_update
     log "installing qemu-system-x86 from bookworm-backports (have: ${qv:-none})"
     apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
     qv=$(installed_version qemu-system-x86)
     dpkg --compare-versions "$qv" ge "$QEMU_MIN" || die "qemu-system-x86 $qv < $QEMU_MIN"
 fi
-log "qemu-system-x86 $qv"
+[ "$WANT_QEMU" = 0 ] || log "qemu-system-x86 $qv"
 
 missing=()
 for p in busybox-static cpio xz-utils; do
@@ -128,7 +145,7 @@ fi
 KDIR=$HIL_WORK/kernel
 kernel_ok() { compgen -G "$KDIR/boot/vmlinuz-*" >/dev/null && compgen -G "$KDIR/lib/modules/*/kernel" >/dev/null; }
 
-if ! kernel_ok; then
+if [ "$WANT_KERNEL" = 1 ] && ! kernel_ok; then
     apt_update
     # Newest linux-image-6.12.<x>+deb12-amd64-unsigned (not -rt/-cloud) that
     # bookworm-backports carries (the flavour the rig was proven with). Newer
@@ -157,4 +174,4 @@ if ! kernel_ok; then
     rm -f "$deb" # ~100 MB; the extracted tree is all the rig needs
     kernel_ok || die "$deb does not contain boot/vmlinuz-* and lib/modules/*"
 fi
-log "kernel $(basename "$(ls -d "$KDIR"/lib/modules/*)") in $KDIR"
+[ "$WANT_KERNEL" = 0 ] || log "kernel $(basename "$(ls -d "$KDIR"/lib/modules/*)") in $KDIR"
