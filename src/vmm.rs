@@ -167,6 +167,15 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     let kvm = Kvm::new().map_err(VmmError::Kvm)?;
     let vm = Arc::new(create_vm(&kvm)?);
     let mem = memory::create_guest_memory(cfg.memory, cfg.hugepages)?;
+    log::info!(
+        "guest RAM: {} MiB in {}",
+        cfg.memory >> 20,
+        if cfg.hugepages {
+            "2 MiB huge pages"
+        } else {
+            "4 KiB pages"
+        }
+    );
     let mut slots = Slots(0);
     register_ram(&vm, &mem, &mut slots)?;
     let exit =

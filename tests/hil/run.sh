@@ -138,10 +138,27 @@ case "$QRC" in
 124) say "FAIL: L1 did not finish within HIL_TIMEOUT=${HIL_TIMEOUT}s"; failed=1 ;;
 *) say "FAIL: L1 qemu exited with $QRC"; failed=1 ;;
 esac
+count() { # description, how many, extended regex
+    local n
+    n=$(grep -c -E "$3" "$LOG" || true)
+    if [ "$n" -ge "$2" ]; then
+        say "ok:   $1 ($n)"
+    else
+        say "FAIL: $1: $n of $2 lines match /$3/"
+        failed=1
+    fi
+}
 check "L2 booted and ran its /init" 'L2: STAGE init '
-check "L2 bound the VF driver" 'L2: VF driver igbvf bound to [0-9a-f:.]+'
-check "L2 got a DHCP lease" 'L2: udhcpc: lease of [0-9.]+ obtained'
-check "L2 ping 10.0.2.2: 3 received, 0% loss" 'L2: 3 packets transmitted, 3 (packets )?received, 0% packet loss'
+check "L2 brought up both vCPUs" 'L2: 2 cpu\(s\) online'
+count "L2 bound igbvf to each VF" 2 'L2: VF driver igbvf bound to [0-9a-f:.]+'
+count "L2 saw 4 KiB config space (ECAM) on each VF" 2 'L2: VF [0-9a-f:.]+ config space 4096 bytes'
+count "each VF got a DHCP lease" 2 'L2: udhcpc: lease of [0-9.]+ obtained'
+count "each VF pinged 10.0.2.2: 3 received, 0% loss" 2 'L2: 3 packets transmitted, 3 (packets )?received, 0% packet loss'
+if [ "$HIL_VMM" = vflaunch ]; then
+    # shellcheck disable=SC2016 # a literal $ in the pattern
+    check "vflaunch took VF1 from the device plugin's variable" 'device [0-9a-f:.]+ from \$PCIDEVICE_INTEL_COM_SRIOV'
+    check "vflaunch backed guest RAM with huge pages" 'guest RAM: [0-9]+ MiB in 2 MiB huge pages'
+fi
 check "$HIL_VMM exited with 0" "^\[hil +[0-9.]+s\] ${TAG}_EXIT=0\$"
 grep -E "HIL ERROR|${TAG}_EXIT=" "$LOG" | sed 's/^/[hil] L1 said: /' || true
 if [ "$failed" = 0 ]; then
