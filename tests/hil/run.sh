@@ -70,7 +70,9 @@ new_root "$L1" "$HERE/l1-init"
 add_modules "$L1" dca i2c-algo-bit igb igbvf vfio vfio_iommu_type1 irqbypass \
     vfio-pci-core vfio-pci kvm ccp kvm-amd
 mkdir -p "$L1/l2"
-cp "$KDIR/boot/vmlinuz-$KV" "$L1/l2/vmlinuz"
+# HIL_L2_KERNEL: another L2 kernel (e.g. guest/build/bzImage, or an ELF vmlinux
+# with a PVH note); one with igbvf built in just ignores the insmod.
+cp "${HIL_L2_KERNEL:-$KDIR/boot/vmlinuz-$KV}" "$L1/l2/vmlinuz"
 cp "$HIL_WORK/l2.cpio" "$L1/l2/l2.cpio"
 if [ "$HIL_VMM" = qemu ]; then
     add_elf "$L1" "$(command -v qemu-system-x86_64)"
@@ -155,6 +157,9 @@ count "L2 saw 4 KiB config space (ECAM) on each VF" 2 'L2: VF [0-9a-f:.]+ config
 count "each VF got a DHCP lease" 2 'L2: udhcpc: lease of [0-9.]+ obtained'
 count "each VF pinged 10.0.2.2: 3 received, 0% loss" 2 'L2: 3 packets transmitted, 3 (packets )?received, 0% packet loss'
 if [ "$HIL_VMM" = vflaunch ]; then
+    check "vflaunch check: interrupt remapping on" 'L1: check: ok +interrupt remapping'
+    count "vflaunch check: both VFs usable" 2 'L1: check: ok +0000:'
+    check "vflaunch check: the PF is refused, bound to igb" 'L1: check-pf: FAILED +0000:[0-9a-f:.]+: .*igb.*vfio-pci'
     # shellcheck disable=SC2016 # a literal $ in the pattern
     check "vflaunch took VF1 from the device plugin's variable" 'device [0-9a-f:.]+ from \$PCIDEVICE_INTEL_COM_SRIOV'
     check "vflaunch backed guest RAM with huge pages" 'guest RAM: [0-9]+ MiB in 2 MiB huge pages'
