@@ -181,6 +181,25 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     let exit =
         Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
 
+    // The kernel and the firmware tables, before any device is touched: a
+    // bad kernel path or format fails here, with nothing to undo.
+    let entry = boot::load(
+        &mem,
+        cfg.memory,
+        &cfg.kernel,
+        cfg.initramfs.as_deref(),
+        &cfg.cmdline,
+    )?;
+    log::info!("kernel entry {:#x} ({:?})", entry.entry, entry.mode);
+    let windows = PciWindows {
+        mmio32: (layout::PCI_MMIO32_START.0, layout::PCI_MMIO32_SIZE),
+        mmio64: (
+            layout::pci_mmio64_start(memory::ram_end(cfg.memory)),
+            layout::PCI_MMIO64_SIZE,
+        ),
+    };
+    acpi::write_tables(&mem, cfg.cpus, windows)?;
+
     // Legacy devices on the port I/O bus.
     let mut buses = Buses::default();
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
@@ -208,13 +227,6 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     )?;
 
     // PCI: host bridge plus one slot per passed-through function.
-    let windows = PciWindows {
-        mmio32: (layout::PCI_MMIO32_START.0, layout::PCI_MMIO32_SIZE),
-        mmio64: (
-            layout::pci_mmio64_start(memory::ram_end(cfg.memory)),
-            layout::PCI_MMIO64_SIZE,
-        ),
-    };
     let mut mmio32 = MmioAllocator::new(windows.mmio32.0, windows.mmio32.1);
     let mut mmio64 = MmioAllocator::new(windows.mmio64.0, windows.mmio64.1);
     let mut root = PciRoot::new();
@@ -268,17 +280,6 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
         layout::PCI_ECAM_SIZE,
         Arc::new(Mutex::new(PciEcam(root))),
     )?;
-
-    // Firmware tables and the kernel.
-    acpi::write_tables(&mem, cfg.cpus, windows)?;
-    let entry = boot::load(
-        &mem,
-        cfg.memory,
-        &cfg.kernel,
-        cfg.initramfs.as_deref(),
-        &cfg.cmdline,
-    )?;
-    log::info!("kernel entry {:#x} ({:?})", entry.entry, entry.mode);
 
     // vCPUs.
     let supported = kvm

@@ -19,8 +19,8 @@ pub enum ContainerError {
     #[error("Cannot open the VFIO container /dev/vfio/vfio: {0}")]
     Container(String),
     /// The device could not be opened.
-    #[error("Cannot open VFIO device {0}: {1}. If it says 'Operation not permitted', the host may lack interrupt remapping (see --allow-unsafe-interrupts) or the group is in use by another process")]
-    Device(String, String),
+    #[error("Cannot open VFIO device {0}: {1}{hint}", hint = open_hint(*.2))]
+    Device(String, String, Option<i32>),
     /// DMA mapping failed.
     #[error("Cannot DMA-map guest memory for the device: {0}. Check RLIMIT_MEMLOCK (ulimit -l) and free memory")]
     DmaMap(String),
@@ -55,7 +55,7 @@ impl Container {
     /// Opens the device at `sysfs` (attaching its group to this container).
     pub fn open_device(&self, name: &str, sysfs: &Path) -> Result<VfioDevice, ContainerError> {
         VfioDevice::new(sysfs, self.inner.clone() as Arc<dyn VfioOps>, false)
-            .map_err(|e| ContainerError::Device(name.to_string(), error_chain(&e)))
+            .map_err(|e| ContainerError::Device(name.to_string(), error_chain(&e), errno(&e)))
     }
 
     /// Maps all of guest RAM for device DMA (pins it).
@@ -80,13 +80,73 @@ impl Container {
     }
 }
 
+/// The error and its causes on one line, each message once.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
         cur = c.source();
     }
     s
+}
+
+/// The OS error number somewhere in the chain, if any.
+fn errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(code) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// What to do about a failed device open, by errno.
+pub fn open_hint(errno: Option<i32>) -> &'static str {
+    match errno {
+        Some(libc::EBUSY) => " (its IOMMU group is held by another process, most likely another VM: stop it or pick another VF)",
+        Some(libc::EPERM) => " (the host refused the group: without interrupt remapping VFIO needs --allow-unsafe-interrupts and vfio_iommu_type1 allow_unsafe_interrupts=1)",
+        Some(libc::EACCES) => " (no permission on /dev/vfio/<group>: run as root or give this user the group device)",
+        Some(libc::ENOENT) | Some(libc::ENODEV) => " (the device or its group node is gone: check that it is still bound to vfio-pci)",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "failed to open group: {}", self.0)
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn busy_group_gets_one_clear_line() {
+        let e = Outer(std::io::Error::from_raw_os_error(libc::EBUSY));
+        assert_eq!(errno(&e), Some(libc::EBUSY));
+        let line =
+            ContainerError::Device("0000:03:02.1".into(), error_chain(&e), errno(&e)).to_string();
+        assert_eq!(line.matches("Device or resource busy").count(), 1, "{line}");
+        assert!(line.contains("held by another process"), "{line}");
+        assert_eq!(open_hint(None), "");
+        assert!(open_hint(Some(libc::EPERM)).contains("--allow-unsafe-interrupts"));
+    }
 }
