@@ -164,6 +164,7 @@ fn register_ram(vm: &VmFd, mem: &GuestMemoryMmap, slots: &mut Slots) -> Result<(
 /// Boots the VM described by `cfg` with the checked `devices`, waits for it
 /// to stop, cleans up, and returns why it stopped.
 pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmError> {
+    let build_start = std::time::Instant::now();
     let kvm = Kvm::new().map_err(VmmError::Kvm)?;
     let vm = Arc::new(create_vm(&kvm)?);
     let mem = memory::create_guest_memory(cfg.memory, cfg.hugepages)?;
@@ -265,8 +266,13 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
             log::info!("{name}: passed through as guest PCI 0000:00:{slot:02x}.0");
             vfio_devices.push(pci);
         }
+        let t = std::time::Instant::now();
         c.map_guest_memory(&mem)?;
-        log::info!("guest RAM ({} MiB) mapped for device DMA", cfg.memory >> 20);
+        log::info!(
+            "guest RAM ({} MiB) pinned and mapped for device DMA in {} ms",
+            cfg.memory >> 20,
+            t.elapsed().as_millis()
+        );
         container = Some(c);
     }
     let root = Arc::new(Mutex::new(root));
@@ -307,6 +313,11 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
         .map_err(|e| VmmError::Os("cannot start the console input thread", e))?;
     let buses = Arc::new(buses);
     let started = std::time::Instant::now();
+    log::info!(
+        "VM built in {} ms; starting {} vCPU(s)",
+        build_start.elapsed().as_millis(),
+        cfg.cpus
+    );
     let mut handles = Vec::new();
     for v in vcpus {
         handles.push(v.spawn(buses.clone(), exit.clone())?);
