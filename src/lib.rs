@@ -21,6 +21,7 @@ pub mod pci;
 pub mod pci_addr;
 pub mod vcpu;
 pub mod vfio;
+pub mod vm;
 pub mod vmm;
 
 /// Top-level error: which stage failed.

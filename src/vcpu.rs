@@ -41,8 +41,8 @@ pub enum VcpuError {
 pub struct Buses {
     /// Port I/O.
     pub pio: Bus,
-    /// Memory-mapped I/O.
-    pub mmio: Bus,
+    /// Memory-mapped I/O (shared with the guest mapper, which moves BAR traps).
+    pub mmio: Arc<Bus>,
 }
 
 /// What the loop does after an exit.
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn exits_are_dispatched_to_buses() {
-        let mut buses = Buses::default();
+        let buses = Buses::default();
         let dev = Arc::new(Mutex::new(Echo(Vec::new())));
         buses.pio.insert(0x3f8, 8, dev.clone()).unwrap();
         buses.mmio.insert(0xd000_0000, 0x1000, dev.clone()).unwrap();

@@ -4,11 +4,8 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
-use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::register_signal_handler;
 
@@ -16,7 +13,6 @@ use crate::arch::x86_64::acpi::{self, PciWindows};
 use crate::arch::x86_64::{boot, layout};
 use crate::config::VmConfig;
 use crate::devices::acpi_pm::AcpiPm;
-use crate::devices::bus::BusDevice;
 use crate::devices::console::{self, RawTerminal};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialConsole, Unbuffered};
@@ -30,6 +26,7 @@ use crate::vfio::container::Container;
 use crate::vfio::host::HostDevice;
 use crate::vfio::pci_device::VfioPciDevice;
 use crate::vfio::VfioBackend;
+use crate::vm::{self, KvmGuestMapper};
 
 /// Errors building or running the VM.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +37,9 @@ pub enum VmmError {
     /// A VM-level KVM ioctl failed.
     #[error("KVM: cannot {0}")]
     VmSetup(&'static str, #[source] kvm_ioctls::Error),
+    /// VM creation or its address space.
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
     /// Guest memory.
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
@@ -87,86 +87,12 @@ extern "C" fn on_terminate(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut li
     }
 }
 
-/// Forwards trapped MMIO of a passed-through device's BAR pages.
-struct VfioTrap {
-    dev: Arc<Mutex<VfioPciDevice>>,
-    base: u64,
-}
-
-impl BusDevice for VfioTrap {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.dev
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .mmio_read(self.base + offset, data);
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        self.dev
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .mmio_write(self.base + offset, data);
-    }
-}
-
-/// Hands out KVM memory slot numbers.
-struct Slots(u32);
-
-impl Slots {
-    fn map(&mut self, vm: &VmFd, gpa: u64, size: u64, host: u64) -> Result<(), VmmError> {
-        let region = kvm_userspace_memory_region {
-            slot: self.0,
-            flags: 0,
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: host,
-        };
-        // SAFETY: `host` is a live mapping of `size` bytes (guest RAM or a
-        // VFIO BAR mmap) that outlives the VM: both are owned by `Vm` and
-        // dropped after the vCPUs have stopped.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| VmmError::VmSetup("add a memory slot", e))?;
-        self.0 += 1;
-        Ok(())
-    }
-}
-
-fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| VmmError::VmSetup("create the VM", e))?;
-    vm.set_tss_address(layout::KVM_TSS_START.0 as usize)
-        .map_err(|e| VmmError::VmSetup("set the TSS address", e))?;
-    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_START.0)
-        .map_err(|e| VmmError::VmSetup("set the identity map address", e))?;
-    vm.create_irq_chip()
-        .map_err(|e| VmmError::VmSetup("create the in-kernel irqchip", e))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit)
-        .map_err(|e| VmmError::VmSetup("create the PIT", e))?;
-    Ok(vm)
-}
-
-fn register_ram(vm: &VmFd, mem: &GuestMemoryMmap, slots: &mut Slots) -> Result<(), VmmError> {
-    for region in mem.iter() {
-        slots.map(
-            vm,
-            region.start_addr().0,
-            region.len(),
-            region.as_ptr() as u64,
-        )?;
-    }
-    Ok(())
-}
-
 /// Boots the VM described by `cfg` with the checked `devices`, waits for it
 /// to stop, cleans up, and returns why it stopped.
 pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmError> {
     let build_start = std::time::Instant::now();
     let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-    let vm = Arc::new(create_vm(&kvm)?);
+    let vm = Arc::new(vm::create_vm(&kvm)?);
     let mem = memory::create_guest_memory(cfg.memory, cfg.hugepages)?;
     log::info!(
         "guest RAM: {} MiB in {}",
@@ -177,8 +103,6 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
             "4 KiB pages"
         }
     );
-    let mut slots = Slots(0);
-    register_ram(&vm, &mem, &mut slots)?;
     let exit =
         Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
 
@@ -201,8 +125,16 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     };
     acpi::write_tables(&mem, cfg.cpus, windows)?;
 
+    // The guest physical address space: RAM slots now, BARs and traps below.
+    let buses = Arc::new(Buses::default());
+    let mapper = Arc::new(KvmGuestMapper::new(
+        vm.clone(),
+        &buses.mmio,
+        vec![windows.mmio32, windows.mmio64],
+    ));
+    mapper.register_ram(&mem)?;
+
     // Legacy devices on the port I/O bus.
-    let mut buses = Buses::default();
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
         .map_err(|e| VmmError::Os("cannot create an eventfd", e))?;
     vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)
@@ -239,29 +171,9 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
         for d in devices {
             let name = d.bdf.to_string();
             let backend: Arc<dyn VfioBackend> = Arc::new(c.open_device(&name, &d.sysfs)?);
-            let mut pci =
-                VfioPciDevice::new(&name, backend, router.clone(), &mut mmio32, &mut mmio64)?;
-            for (bar, off, len) in pci.mmap_areas() {
-                let host = pci.map_area(&bar, off, len)?;
-                slots.map(&vm, bar.addr + off, len, host)?;
-                log::debug!(
-                    "{name}: BAR{} +{off:#x} ({len:#x} bytes) mapped into the guest",
-                    bar.index
-                );
-            }
-            let traps = pci.trapped_ranges();
+            let pci = VfioPciDevice::new(&name, backend, router.clone(), &mut mmio32, &mut mmio64)?;
             let pci = Arc::new(Mutex::new(pci));
-            for (addr, len) in traps {
-                log::debug!("{name}: trapping {addr:#x}+{len:#x}");
-                buses.mmio.insert(
-                    addr,
-                    len,
-                    Arc::new(Mutex::new(VfioTrap {
-                        dev: pci.clone(),
-                        base: addr,
-                    })),
-                )?;
-            }
+            VfioPciDevice::attach(&pci, mapper.clone())?;
             let slot = root.add_device(pci.clone())?;
             log::info!("{name}: passed through as guest PCI 0000:00:{slot:02x}.0");
             vfio_devices.push(pci);
@@ -311,7 +223,6 @@ pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmErro
     let term = RawTerminal::enter();
     console::spawn_input(serial, exit.clone(), term.is_raw())
         .map_err(|e| VmmError::Os("cannot start the console input thread", e))?;
-    let buses = Arc::new(buses);
     let started = std::time::Instant::now();
     log::info!(
         "VM built in {} ms; starting {} vCPU(s)",

@@ -1,8 +1,12 @@
 //! An address-range bus for port I/O and MMIO: devices register a range,
 //! vCPU exits are dispatched to the device that owns the address.
+//!
+//! Ranges can be added and removed while vCPUs run (a guest moving a BAR);
+//! the range table is locked only to look a device up, never while the
+//! device runs, so a device may change the bus from inside an access.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A device that answers reads and writes at offsets within its range.
 pub trait BusDevice: Send {
@@ -29,7 +33,7 @@ pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 /// A set of non-overlapping ranges, each owned by a device.
 #[derive(Default)]
 pub struct Bus {
-    ranges: BTreeMap<u64, (u64, SharedDevice)>,
+    ranges: RwLock<BTreeMap<u64, (u64, SharedDevice)>>,
 }
 
 impl Bus {
@@ -39,24 +43,35 @@ impl Bus {
     }
 
     /// Registers `dev` for `[base, base + len)`.
-    pub fn insert(&mut self, base: u64, len: u64, dev: SharedDevice) -> Result<(), BusError> {
+    pub fn insert(&self, base: u64, len: u64, dev: SharedDevice) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
         let end = base.checked_add(len).ok_or(BusError::Overlap(base, len))?;
-        if let Some((b, (l, _))) = self.ranges.range(..end).next_back() {
+        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((b, (l, _))) = ranges.range(..end).next_back() {
             if b + l > base {
                 return Err(BusError::Overlap(base, len));
             }
         }
-        self.ranges.insert(base, (len, dev));
+        ranges.insert(base, (len, dev));
         Ok(())
     }
 
-    fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
-        let (base, (len, dev)) = self.ranges.range(..=addr).next_back()?;
+    /// Removes the range that starts at `base`; returns its device.
+    pub fn remove(&self, base: u64) -> Option<SharedDevice> {
+        self.ranges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&base)
+            .map(|(_, d)| d)
+    }
+
+    fn find(&self, addr: u64, size: usize) -> Option<(u64, SharedDevice)> {
+        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+        let (base, (len, dev)) = ranges.range(..=addr).next_back()?;
         let off = addr - base;
-        (off + size as u64 <= *len).then_some((off, dev))
+        (off + size as u64 <= *len).then(|| (off, dev.clone()))
     }
 
     /// Dispatches a read; returns false when no device owns the address.
@@ -105,7 +120,7 @@ mod tests {
 
     #[test]
     fn dispatches_by_range_with_offsets() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a = Arc::new(Mutex::new(Reg::default()));
         bus.insert(0x100, 0x10, a.clone()).unwrap();
         let mut d = [0u8; 2];
@@ -117,11 +132,43 @@ mod tests {
         assert!(!bus.read(0x10f, &mut d));
         assert!(!bus.read(0xff, &mut [0u8]));
         assert!(!bus.write(0x110, &[0]));
+        // Removed ranges stop dispatching and free the space.
+        assert!(bus.remove(0x100).is_some());
+        assert!(!bus.read(0x104, &mut d));
+        assert!(bus.remove(0x100).is_none());
+        bus.insert(0x100, 0x10, a).unwrap();
+    }
+
+    /// A device that moves itself on the bus from inside an access.
+    struct Mover(Arc<Bus>, Arc<Mutex<Option<SharedDevice>>>);
+    impl BusDevice for Mover {
+        fn read(&mut self, _o: u64, d: &mut [u8]) {
+            d.fill(1);
+        }
+        fn write(&mut self, _o: u64, _d: &[u8]) {
+            let me = self.1.lock().unwrap().clone().unwrap();
+            self.0.remove(0x1000);
+            self.0.insert(0x2000, 0x10, me).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_device_can_move_itself_during_an_access() {
+        let bus = Arc::new(Bus::new());
+        let slot = Arc::new(Mutex::new(None));
+        let dev: SharedDevice = Arc::new(Mutex::new(Mover(bus.clone(), slot.clone())));
+        *slot.lock().unwrap() = Some(dev.clone());
+        bus.insert(0x1000, 0x10, dev).unwrap();
+        assert!(bus.write(0x1000, &[0]), "no deadlock");
+        let mut d = [0u8];
+        assert!(!bus.read(0x1000, &mut d));
+        assert!(bus.read(0x2004, &mut d));
+        assert_eq!(d, [1]);
     }
 
     #[test]
     fn rejects_overlaps_and_empty_ranges() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a: SharedDevice = Arc::new(Mutex::new(Reg::default()));
         bus.insert(0x100, 0x10, a.clone()).unwrap();
         assert_eq!(

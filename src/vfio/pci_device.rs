@@ -6,16 +6,18 @@
 //! capability and the MSI-X Message Control bits. BARs are mmapped into the guest except the pages
 //! holding the MSI-X table and PBA, which trap here and are emulated.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{MmapArea, RegionInfo, VfioBackend};
+use crate::devices::bus::BusDevice;
 use crate::interrupts::{InterruptError, MsiRouter};
 use crate::pci::bar::{decode_bar_type, BarInfo, BarShadow, MmioAllocator};
 use crate::pci::msi::{MsiCap, MsiState};
 use crate::pci::msix::{MsixCap, MsixState};
 use crate::pci::{merge_write, regs, PciDevice};
+use crate::vm::{GuestMapper, VmError};
 
 const PAGE_SIZE: u64 = 4096;
 /// BARs up to this size go to the 32-bit window when it has room.
@@ -39,6 +41,48 @@ pub enum VfioPciError {
     /// Eventfd creation failed.
     #[error("{0}: cannot create interrupt eventfds")]
     EventFd(String, #[source] std::io::Error),
+    /// mmap of a BAR failed.
+    #[error("{0}: cannot map a BAR")]
+    Mmap(String, #[source] super::BackendError),
+    /// Placing a BAR in the guest failed.
+    #[error("{0}: cannot place a BAR in the guest address space")]
+    Map(String, #[source] VmError),
+}
+
+/// A BAR area mapped straight into the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MappedArea {
+    bar: usize,
+    offset: u64,
+    len: u64,
+    host: u64,
+    slot: u32,
+}
+
+/// Sends trapped accesses to one range of a BAR to the device model.
+pub struct VfioTrap {
+    dev: Weak<Mutex<VfioPciDevice>>,
+    base: u64,
+}
+
+impl BusDevice for VfioTrap {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match self.dev.upgrade() {
+            Some(d) => d
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mmio_read(self.base + offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(d) = self.dev.upgrade() {
+            d.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mmio_write(self.base + offset, data);
+        }
+    }
 }
 
 /// Where a trapped BAR access lands.
@@ -81,7 +125,11 @@ pub struct VfioPciDevice {
     hidden_ext: Vec<usize>,
     int_line: u8,
     mmaps: Vec<MmapArea>,
-    warned_move: bool,
+    mapper: Option<Arc<dyn GuestMapper>>,
+    self_ref: Weak<Mutex<VfioPciDevice>>,
+    areas: Vec<MappedArea>,
+    traps: Vec<(usize, u64, u64)>,
+    memory_enabled: bool,
     quiesced: bool,
 }
 
@@ -363,7 +411,11 @@ impl VfioPciDevice {
             hidden_ext,
             int_line: 0,
             mmaps: Vec::new(),
-            warned_move: false,
+            mapper: None,
+            self_ref: Weak::new(),
+            areas: Vec::new(),
+            traps: Vec::new(),
+            memory_enabled: false,
             quiesced: false,
         })
     }
@@ -404,17 +456,124 @@ impl VfioPciDevice {
             .collect()
     }
 
-    /// Maps one area from the host device; the mapping lives as long as the device.
-    pub fn map_area(
-        &mut self,
-        bar: &BarInfo,
-        offset: u64,
-        len: u64,
-    ) -> Result<u64, super::BackendError> {
-        let m = self.dev.mmap(bar.index as u32, offset, len)?;
-        let host = m.host_addr();
-        self.mmaps.push(m);
-        Ok(host)
+    /// Puts the device's BARs into the guest: mmaps what can be mapped
+    /// straight through, traps the rest to the device model.
+    pub fn attach(
+        this: &Arc<Mutex<VfioPciDevice>>,
+        mapper: Arc<dyn GuestMapper>,
+    ) -> Result<(), VfioPciError> {
+        let mut d = this.lock().unwrap_or_else(|e| e.into_inner());
+        d.self_ref = Arc::downgrade(this);
+        let name = d.name.clone();
+        for (bar, offset, len) in d.mmap_areas() {
+            let m = d
+                .dev
+                .mmap(bar.index as u32, offset, len)
+                .map_err(|e| VfioPciError::Mmap(name.clone(), e))?;
+            let host = m.host_addr();
+            d.mmaps.push(m);
+            let slot = mapper
+                .map_memory(bar.addr + offset, len, host)
+                .map_err(|e| VfioPciError::Map(name.clone(), e))?;
+            d.areas.push(MappedArea {
+                bar: bar.index,
+                offset,
+                len,
+                host,
+                slot,
+            });
+            log::debug!(
+                "{name}: BAR{} +{offset:#x} ({len:#x} bytes) mapped into the guest",
+                bar.index
+            );
+        }
+        for bar in d.bars.clone() {
+            let mapped: Vec<(u64, u64)> = d
+                .areas
+                .iter()
+                .filter(|a| a.bar == bar.index)
+                .map(|a| (a.offset, a.len))
+                .collect();
+            for (offset, len) in trap_ranges(bar.size, &mapped) {
+                mapper
+                    .add_trap(bar.addr + offset, len, d.trap(bar.addr + offset))
+                    .map_err(|e| VfioPciError::Map(name.clone(), e))?;
+                d.traps.push((bar.index, offset, len));
+                log::debug!("{name}: trapping {:#x}+{len:#x}", bar.addr + offset);
+            }
+        }
+        d.mapper = Some(mapper);
+        Ok(())
+    }
+
+    fn trap(&self, base: u64) -> crate::devices::bus::SharedDevice {
+        Arc::new(Mutex::new(VfioTrap {
+            dev: self.self_ref.clone(),
+            base,
+        }))
+    }
+
+    /// Moves BAR `i` (index into `bars`) to `new`: its memory slots and traps.
+    fn move_bar(&mut self, i: usize, new: u64) -> Result<(), VmError> {
+        let Some(mapper) = self.mapper.clone() else {
+            return Ok(());
+        };
+        let old = self.bars[i];
+        let traps: Vec<(u64, u64)> = self
+            .traps
+            .iter()
+            .filter(|t| t.0 == old.index)
+            .map(|t| (t.1, t.2))
+            .collect();
+        for (offset, _) in &traps {
+            mapper.remove_trap(old.addr + offset);
+        }
+        for a in self.areas.iter().filter(|a| a.bar == old.index) {
+            mapper.move_memory(a.slot, new + a.offset, a.len, a.host)?;
+        }
+        for (offset, len) in &traps {
+            mapper.add_trap(new + offset, *len, self.trap(new + offset))?;
+        }
+        self.bars[i].addr = new;
+        Ok(())
+    }
+
+    /// Follows the guest's BAR programming: when decoding is on and a BAR
+    /// holds a new address (sizing is over by then), move the BAR there.
+    fn follow_bars(&mut self) {
+        for i in 0..self.bars.len() {
+            let b = self.bars[i];
+            let new = self.shadow.address(&b);
+            if new == b.addr {
+                continue;
+            }
+            let ok_place = self
+                .mapper
+                .as_ref()
+                .is_some_and(|m| m.in_pci_window(new, b.size));
+            if !ok_place {
+                log::error!(
+                    "{}: guest moved BAR{} to {new:#x}, outside the PCI windows; it stays at {:#x}",
+                    self.name,
+                    b.index,
+                    b.addr
+                );
+                continue;
+            }
+            match self.move_bar(i, new) {
+                Ok(()) => log::info!(
+                    "{}: BAR{} moved from {:#x} to {new:#x}",
+                    self.name,
+                    b.index,
+                    b.addr
+                ),
+                Err(e) => log::error!(
+                    "{}: moving BAR{} to {new:#x} failed: {e}",
+                    self.name,
+                    b.index
+                ),
+            }
+        }
     }
 
     fn update_vector(&self, i: usize) {
@@ -486,23 +645,6 @@ impl VfioPciDevice {
             let msg = live.then(|| m.state.message(i));
             if let Err(e) = self.router.route(m.gsi_base + i, msg, fd) {
                 log::error!("{}: MSI vector {i}: {e}", self.name);
-            }
-        }
-    }
-
-    /// Called when the guest turns memory decoding on: by then any BAR
-    /// sizing is over, so an address that differs from ours is a move.
-    fn check_bar_move(&mut self) {
-        for b in &self.bars {
-            let now = self.shadow.address(b);
-            if now != b.addr && !self.warned_move {
-                log::warn!(
-                    "{}: guest moved BAR{} from {:#x} to {now:#x}; BAR relocation is not supported, the device stays at the original address",
-                    self.name,
-                    b.index,
-                    b.addr
-                );
-                self.warned_move = true;
             }
         }
     }
@@ -628,6 +770,10 @@ impl PciDevice for VfioPciDevice {
                 let i = reg - regs::BAR0 / 4;
                 let merged = merge_write(self.shadow.read(i), offset, data);
                 self.shadow.write(i, merged);
+                // A 32-bit BAR is rewritten in one go, even with decoding on.
+                if self.memory_enabled && self.bars.iter().any(|b| b.index == i && !b.is_64) {
+                    self.follow_bars();
+                }
                 return;
             }
             regs::ROM_BAR => return,
@@ -656,13 +802,13 @@ impl PciDevice for VfioPciDevice {
                 return;
             }
         }
-        if off == regs::COMMAND
-            && offset == 0
-            && data
-                .first()
-                .is_some_and(|c| u16::from(*c) & regs::COMMAND_MEMORY != 0)
-        {
-            self.check_bar_move();
+        if off == regs::COMMAND && offset == 0 {
+            if let Some(c) = data.first() {
+                self.memory_enabled = u16::from(*c) & regs::COMMAND_MEMORY != 0;
+                if self.memory_enabled {
+                    self.follow_bars();
+                }
+            }
         }
         let byte = off + offset;
         if byte >= self.config_size {

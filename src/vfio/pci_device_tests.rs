@@ -8,6 +8,7 @@ use super::*;
 use crate::interrupts::tests::MockRouter;
 use crate::interrupts::MsiMessage;
 use crate::pci::msix::{CTL_ENABLE, CTL_FUNCTION_MASK};
+use crate::vm::{GuestMapper, VmError};
 
 #[derive(Default)]
 struct Log {
@@ -119,13 +120,23 @@ impl VfioBackend for MockVfio {
     }
     fn mmap(
         &self,
-        index: u32,
-        offset: u64,
-        _len: u64,
+        _index: u32,
+        _offset: u64,
+        len: u64,
     ) -> Result<MmapArea, super::super::BackendError> {
-        Err(super::super::BackendError::Vfio(format!(
-            "mock cannot mmap {index}+{offset:#x}"
-        )))
+        // Shared pages of /dev/zero stand in for device memory.
+        let zero = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/zero")
+            .unwrap();
+        MmapArea::map(
+            std::os::fd::AsRawFd::as_raw_fd(&zero),
+            0,
+            len as usize,
+            true,
+        )
+        .map_err(|e| super::super::BackendError::Mmap(0, 0, e))
     }
     fn msix_vectors(&self) -> u32 {
         3
@@ -456,45 +467,114 @@ fn malformed_capability_lists_terminate() {
     assert_eq!(scan_capabilities(&c), CapScan::default());
 }
 
-#[test]
-fn sizing_is_not_a_move_but_a_real_move_is_reported() {
-    let (mut d, _, _) = device();
-    // Linux: sizing with decode off, restore, then enable memory decode.
-    cfg_write32(&mut d, 0x10, 0xffff_ffff);
-    cfg_write32(&mut d, 0x10, W32 as u32);
-    d.write_config(1, 0, &regs::COMMAND_MEMORY.to_le_bytes());
-    assert!(!d.warned_move);
-    cfg_write32(&mut d, 0x10, 0xd000_0000);
-    d.write_config(
-        1,
-        0,
-        &(regs::COMMAND_MEMORY | regs::COMMAND_BUS_MASTER).to_le_bytes(),
-    );
-    assert!(d.warned_move);
+/// Records what the device asks of the guest address space.
+#[derive(Default)]
+struct MockMapper {
+    slots: Mutex<Vec<(u64, u64)>>,
+    traps: Mutex<std::collections::BTreeMap<u64, u64>>,
+    moves: Mutex<Vec<(u32, u64)>>,
+}
+
+impl GuestMapper for MockMapper {
+    fn map_memory(&self, gpa: u64, len: u64, _host: u64) -> Result<u32, VmError> {
+        let mut s = self.slots.lock().unwrap();
+        s.push((gpa, len));
+        Ok(s.len() as u32 - 1)
+    }
+    fn move_memory(&self, slot: u32, gpa: u64, len: u64, _host: u64) -> Result<(), VmError> {
+        self.slots.lock().unwrap()[slot as usize] = (gpa, len);
+        self.moves.lock().unwrap().push((slot, gpa));
+        Ok(())
+    }
+    fn add_trap(
+        &self,
+        gpa: u64,
+        len: u64,
+        _dev: crate::devices::bus::SharedDevice,
+    ) -> Result<(), VmError> {
+        self.traps.lock().unwrap().insert(gpa, len);
+        Ok(())
+    }
+    fn remove_trap(&self, gpa: u64) {
+        self.traps.lock().unwrap().remove(&gpa);
+    }
+    fn in_pci_window(&self, gpa: u64, len: u64) -> bool {
+        gpa >= W32 && gpa + len <= W32 + 0x1000_0000
+    }
+}
+
+fn attached() -> (Arc<Mutex<VfioPciDevice>>, Arc<MockMapper>) {
+    let (d, _, _) = device();
+    let d = Arc::new(Mutex::new(d));
+    let mapper = Arc::new(MockMapper::default());
+    VfioPciDevice::attach(&d, mapper.clone()).unwrap();
+    (d, mapper)
 }
 
 #[test]
-fn extended_space_passes_through_with_ari_hidden() {
-    let (mut d, mock, _) = device();
-    let mut ids = Vec::new();
-    let mut ptr = 0x100;
-    while ptr != 0 {
-        let h = d.read_config(ptr / 4);
-        ids.push((ptr, h & 0xffff));
-        ptr = (h >> 20) as usize & 0xffc;
-    }
-    assert_eq!(ids, vec![(0x100, 0x0001), (0x150, 0), (0x160, 0x000f)]);
+fn attach_maps_bars_and_traps_msix_pages() {
+    let (_d, m) = attached();
+    let bar3 = W32 + 0x4000;
     assert_eq!(
-        d.read_config(0x154 / 4),
-        0x1200,
-        "the body is still the device's"
+        *m.slots.lock().unwrap(),
+        vec![
+            (W32, 0x4000),
+            (bar3 + 0x1000, 0x1000),
+            (bar3 + 0x3000, 0x1000)
+        ]
     );
-    d.write_config(0x104 / 4, 0, &[1, 2, 3, 4]);
+    let traps: Vec<(u64, u64)> = m
+        .traps
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(a, l)| (*a, *l))
+        .collect();
+    assert_eq!(traps, vec![(bar3, 0x1000), (bar3 + 0x2000, 0x1000)]);
+}
+
+#[test]
+fn sizing_is_not_a_move() {
+    let (d, m) = attached();
+    let mut d = d.lock().unwrap();
+    // Linux: decode off, all-ones, read, restore, decode on.
+    d.write_config(1, 0, &0u16.to_le_bytes());
+    cfg_write32(&mut d, 0x1c, 0xffff_ffff);
+    cfg_write32(&mut d, 0x20, 0xffff_ffff);
+    cfg_write32(&mut d, 0x1c, (W32 + 0x4000) as u32);
+    cfg_write32(&mut d, 0x20, 0);
+    d.write_config(1, 0, &regs::COMMAND_MEMORY.to_le_bytes());
+    assert!(m.moves.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_moved_bar_takes_its_mappings_and_traps_along() {
+    let (d, m) = attached();
+    let mut d = d.lock().unwrap();
+    let new = W32 + 0x10_0000;
+    d.write_config(1, 0, &0u16.to_le_bytes());
+    cfg_write32(&mut d, 0x1c, new as u32);
+    cfg_write32(&mut d, 0x20, 0);
+    assert!(
+        m.moves.lock().unwrap().is_empty(),
+        "nothing moves while decoding is off"
+    );
+    d.write_config(1, 0, &regs::COMMAND_MEMORY.to_le_bytes());
     assert_eq!(
-        mock.log.lock().unwrap().config_writes,
-        vec![(0x104, vec![1, 2, 3, 4])]
+        *m.moves.lock().unwrap(),
+        vec![(1, new + 0x1000), (2, new + 0x3000)]
     );
-    // Beyond the device's configuration space: nothing.
-    assert_eq!(d.read_config(0x200 / 4), 0);
-    assert_eq!(scan_extended(&[0u8; 256]), Vec::<usize>::new());
+    let traps: Vec<u64> = m.traps.lock().unwrap().keys().copied().collect();
+    assert_eq!(traps, vec![new, new + 0x2000]);
+    assert_eq!(d.bars()[1].addr, new);
+    // The MSI-X table answers at the new place.
+    d.mmio_write(new + 8, &0x4055u32.to_le_bytes());
+    let mut v = [0u8; 4];
+    d.mmio_read(new + 8, &mut v);
+    assert_eq!(u32::from_le_bytes(v), 0x4055);
+    // A move outside the PCI windows is refused; the BAR stays.
+    cfg_write32(&mut d, 0x10, 0x1000_0000);
+    d.write_config(1, 0, &regs::COMMAND_MEMORY.to_le_bytes());
+    assert_eq!(d.bars()[0].addr, W32);
+    assert_eq!(m.moves.lock().unwrap().len(), 2);
 }

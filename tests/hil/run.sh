@@ -166,6 +166,7 @@ if [ "$HIL_VMM" = vflaunch ]; then
     # shellcheck disable=SC2016 # a literal $ in the pattern
     check "vflaunch took VF1 from the device plugin's variable" 'device [0-9a-f:.]+ from \$PCIDEVICE_INTEL_COM_SRIOV'
     check "vflaunch took VF0 from KubeVirt's network-info file" 'device [0-9a-f:.]+ for network "sriov-net" from /tmp/network-info'
+    check "vflaunch followed L2 moving a VF's BARs" 'BAR[0-9] moved from 0x[0-9a-f]+ to 0x[0-9a-f]+'
     check "vflaunch backed guest RAM with huge pages" 'guest RAM: [0-9]+ MiB in 2 MiB huge pages'
 fi
 check "$HIL_VMM exited with 0" "^\[hil +[0-9.]+s\] ${TAG}_EXIT=0\$"
