@@ -24,6 +24,22 @@ pub mod vfio;
 pub mod vm;
 pub mod vmm;
 
+/// An error and its causes on one line, each message once (sources often
+/// repeat their cause in their own message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Top-level error: which stage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

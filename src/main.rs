@@ -6,21 +6,7 @@ use clap::Parser;
 use vflaunch::cli::{CheckArgs, Cli, Command, RunArgs};
 use vflaunch::exit::ExitReason;
 use vflaunch::vfio::host::{self, HostPaths};
-use vflaunch::{vmm, Error};
-
-fn error_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
+use vflaunch::{error_chain, vmm, Error};
 
 fn run(args: RunArgs, env: &[(String, String)]) -> Result<ExitReason, Error> {
     let cfg = args.into_config(env)?;
@@ -40,7 +26,7 @@ fn check(args: CheckArgs, env: &[(String, String)]) -> i32 {
         ),
         Err(e) => {
             let e = Error::from(e);
-            eprintln!("vflaunch: error: {}", error_line(&e));
+            eprintln!("vflaunch: error: {}", error_chain(&e));
             e.exit_code()
         }
     }
@@ -68,7 +54,7 @@ fn main() {
                 code
             }
             Err(e) => {
-                eprintln!("vflaunch: error: {}", error_line(&e));
+                eprintln!("vflaunch: error: {}", error_chain(&e));
                 e.exit_code()
             }
         },

@@ -7,30 +7,33 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn tiny_guest_prints_and_powers_off() {
+/// Boots `kernel` (an ELF image) with `--memory 64M` plus `args`; `None`
+/// (after printing why) where /dev/kvm cannot be used.
+fn boot(kernel: &[u8], args: &[&str], env: &[(&str, &str)]) -> Option<std::process::Output> {
     if let Some(why) = kvm_unusable() {
         println!("SKIPPED: {why}");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let kernel = write_file(
-        dir.path(),
-        "tiny.elf",
-        &elf64(&tiny_poweroff_code(b"hello from the guest\n", 0x34), false),
-    );
-    let out = run_vflaunch(
-        &[
-            "run",
-            "--kernel",
-            &kernel,
-            "--memory",
-            "64M",
-            "--no-devices-from-env",
-        ],
-        &[("RUST_LOG", "info")],
-        Duration::from_secs(120),
-    );
+    let path = write_file(dir.path(), "guest.elf", kernel);
+    let mut argv = vec![
+        "run",
+        "--kernel",
+        &path,
+        "--memory",
+        "64M",
+        "--no-devices-from-env",
+    ];
+    argv.extend_from_slice(args);
+    Some(run_vflaunch(&argv, env, Duration::from_secs(120)))
+}
+
+#[test]
+fn tiny_guest_prints_and_powers_off() {
+    let code = tiny_poweroff_code(b"hello from the guest\n", 0x34);
+    let Some(out) = boot(&elf64(&code, false), &[], &[("RUST_LOG", "info")]) else {
+        return;
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -44,31 +47,11 @@ fn tiny_guest_prints_and_powers_off() {
 
 #[test]
 fn tiny_guest_reset_exits_nonzero() {
-    if let Some(why) = kvm_unusable() {
-        println!("SKIPPED: {why}");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
     // Writing the ACPI reset value instead of S5: a guest reboot.
-    let kernel = write_file(
-        dir.path(),
-        "tiny.elf",
-        &elf64(&tiny_poweroff_code(b"bye\n", 0x01), false),
-    );
-    let out = run_vflaunch(
-        &[
-            "run",
-            "--kernel",
-            &kernel,
-            "--memory",
-            "64M",
-            "--cpus",
-            "2",
-            "--no-devices-from-env",
-        ],
-        &[],
-        Duration::from_secs(120),
-    );
+    let code = tiny_poweroff_code(b"bye\n", 0x01);
+    let Some(out) = boot(&elf64(&code, false), &["--cpus", "2"], &[]) else {
+        return;
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "stderr: {stderr}");
     assert!(stderr.contains("guest rebooted"), "stderr: {stderr}");
@@ -77,31 +60,16 @@ fn tiny_guest_reset_exits_nonzero() {
 
 #[test]
 fn pvh_guest_gets_start_info_and_powers_off() {
-    if let Some(why) = kvm_unusable() {
-        println!("SKIPPED: {why}");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let kernel = write_file(
-        dir.path(),
-        "pvh.elf",
-        &elf64(&tiny_pvh_code(b"pvh ok\n"), true),
-    );
     let initrd = write_file(dir.path(), "initrd", b"not really an initramfs");
-    let out = run_vflaunch(
-        &[
-            "run",
-            "--kernel",
-            &kernel,
-            "--initramfs",
-            &initrd,
-            "--memory",
-            "64M",
-            "--no-devices-from-env",
-        ],
+    let code = tiny_pvh_code(b"pvh ok\n");
+    let Some(out) = boot(
+        &elf64(&code, true),
+        &["--initramfs", &initrd],
         &[("RUST_LOG", "info")],
-        Duration::from_secs(120),
-    );
+    ) else {
+        return;
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(stderr.contains("Pvh32"), "booted through PVH: {stderr}");

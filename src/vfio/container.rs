@@ -9,6 +9,8 @@ use kvm_ioctls::VmFd;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioOps};
 use vm_memory::GuestMemoryMmap;
 
+use crate::error_chain;
+
 /// Errors opening VFIO devices and mapping memory.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -78,21 +80,6 @@ impl Container {
             self.mapped = false;
         }
     }
-}
-
-/// The error and its causes on one line, each message once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// The OS error number somewhere in the chain, if any.
