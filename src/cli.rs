@@ -29,6 +29,19 @@ Examples:
 
 Run `vflaunch check` first to verify KVM, the IOMMU, vfio-pci binding and memlock.";
 
+/// Printed after `vflaunch run --help`: the console, logging and exit codes.
+const RUN_AFTER_HELP: &str = "\
+The guest's serial console is this terminal (stdin/stdout); Ctrl-A x quits.
+Logs go to stderr: RUST_LOG=info (or debug).
+
+Exit codes:
+  0    the guest powered off (or reset through the i8042 controller, reboot=k)
+  1    the VMM failed (one line on stderr says where)
+  2    bad command line or configuration
+  3    a host pre-flight check failed (see `vflaunch check`)
+  4    the guest rebooted, triple-faulted or panicked (panic=-1)
+  128+N stopped by signal N (Ctrl-A x counts as SIGINT)";
+
 /// Errors from turning the command line into a VM configuration.
 #[derive(Debug, Error)]
 pub enum CliError {
@@ -60,6 +73,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest (flags override --config, which overrides the defaults)
+    #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
     /// Only run the host pre-flight checks; prints one line per check, exits non-zero on failure
     Check(CheckArgs),
