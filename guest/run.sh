@@ -359,11 +359,9 @@ say "ready after $(cut -d' ' -f1 /proc/uptime)s (kvm_amd loaded); running vflaun
 case " $(cat /proc/cmdline) " in *" quiet "*) echo 1 >/proc/sys/kernel/printk ;; esac
 T0=$(cut -d. -f1 /proc/uptime)
 # The console goes raw here (keys, ^C included, go to the guest), and
-# vflaunch's stdout is a pipe, so that vflaunch does not set raw mode itself:
-# when it does (stdin and stdout both terminals), it hangs after the guest
-# stops, until a key is pressed (RawTerminal::drop waits for the Stdin lock
-# that the console thread holds in a blocking read), and SIGTERM cannot stop
-# it either.
+# vflaunch's stdout is a pipe, so vflaunch leaves the terminal alone and does
+# not look for its own Ctrl-A x: in nested mode Ctrl-A belongs to the outer
+# QEMU (-serial mon:stdio), whose Ctrl-A x ends everything.
 stty raw -echo 2>/dev/null
 if [ "$GUEST_L2_TIMEOUT" -gt 0 ]; then
     set -- timeout -k 10 "$GUEST_L2_TIMEOUT" /bin/vflaunch run "$@"
