@@ -59,6 +59,21 @@ fn tiny_guest_reset_exits_nonzero() {
 }
 
 #[test]
+fn i8042_reset_is_a_clean_stop() {
+    // Linux with reboot=k: command 0xfe on port 0x64.
+    let code = tiny_out_code(b"k\n", 0x64, 0xfe);
+    let Some(out) = boot(&elf64(&code, false), &[], &[("RUST_LOG", "info")]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stderr.contains("reset through the i8042"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
 fn pvh_guest_gets_start_info_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = write_file(dir.path(), "initrd", b"not really an initramfs");

@@ -14,6 +14,13 @@ pub const TINY_ENTRY: u64 = 0x20_0000;
 /// 64-bit code: print `msg` on COM1, then power off through the ACPI sleep
 /// control register (SLP_TYP=5, SLP_EN), then halt forever.
 pub fn tiny_poweroff_code(msg: &[u8], pm_value: u8) -> Vec<u8> {
+    tiny_out_code(msg, 0x600, pm_value)
+}
+
+/// 64-bit code: print `msg` on COM1, then write `value` to I/O `port`, then
+/// halt forever.
+pub fn tiny_out_code(msg: &[u8], port: u16, value: u8) -> Vec<u8> {
+    let [port_lo, port_hi] = port.to_le_bytes();
     let mut c = Vec::new();
     c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
     c.extend_from_slice(&[0x48, 0x8d, 0x35]); // lea rsi, [rip + msg]
@@ -22,8 +29,8 @@ pub fn tiny_poweroff_code(msg: &[u8], pm_value: u8) -> Vec<u8> {
     c.extend_from_slice(&(msg.len() as u32).to_le_bytes());
     c.extend_from_slice(&[0xac, 0xee]); // loop: lodsb; out dx, al
     c.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfa]); // dec ecx; jnz loop
-    c.extend_from_slice(&[0x66, 0xba, 0x00, 0x06]); // mov dx, 0x600
-    c.extend_from_slice(&[0xb0, pm_value, 0xee]); // mov al, value; out dx, al
+    c.extend_from_slice(&[0x66, 0xba, port_lo, port_hi]); // mov dx, port
+    c.extend_from_slice(&[0xb0, value, 0xee]); // mov al, value; out dx, al
     c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
     assert_eq!(c.len(), 32);
     c.extend_from_slice(msg);
