@@ -64,9 +64,6 @@ pub enum VmmError {
     /// VFIO device model.
     #[error(transparent)]
     VfioPci(#[from] crate::vfio::pci_device::VfioPciError),
-    /// VFIO BAR mapping.
-    #[error(transparent)]
-    VfioBackend(#[from] crate::vfio::BackendError),
     /// Eventfd/thread/OS plumbing.
     #[error("{0}")]
     Os(&'static str, #[source] std::io::Error),

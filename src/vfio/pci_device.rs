@@ -438,8 +438,9 @@ impl VfioPciDevice {
             .collect()
     }
 
-    /// Guest ranges (address, length) that must trap to this device.
-    pub fn trapped_ranges(&self) -> Vec<(u64, u64)> {
+    /// Parts of each BAR that trap to this device: (bar, offset in BAR, length),
+    /// the complement of [`Self::mmap_areas`].
+    pub fn trapped_ranges(&self) -> Vec<(BarInfo, u64, u64)> {
         let areas = self.mmap_areas();
         self.bars
             .iter()
@@ -451,7 +452,7 @@ impl VfioPciDevice {
                     .collect();
                 trap_ranges(b.size, &mapped)
                     .into_iter()
-                    .map(move |(o, l)| (b.addr + o, l))
+                    .map(move |(o, l)| (*b, o, l))
             })
             .collect()
     }
@@ -487,20 +488,12 @@ impl VfioPciDevice {
                 bar.index
             );
         }
-        for bar in d.bars.clone() {
-            let mapped: Vec<(u64, u64)> = d
-                .areas
-                .iter()
-                .filter(|a| a.bar == bar.index)
-                .map(|a| (a.offset, a.len))
-                .collect();
-            for (offset, len) in trap_ranges(bar.size, &mapped) {
-                mapper
-                    .add_trap(bar.addr + offset, len, d.trap(bar.addr + offset))
-                    .map_err(|e| VfioPciError::Map(name.clone(), e))?;
-                d.traps.push((bar.index, offset, len));
-                log::debug!("{name}: trapping {:#x}+{len:#x}", bar.addr + offset);
-            }
+        for (bar, offset, len) in d.trapped_ranges() {
+            mapper
+                .add_trap(bar.addr + offset, len, d.trap(bar.addr + offset))
+                .map_err(|e| VfioPciError::Map(name.clone(), e))?;
+            d.traps.push((bar.index, offset, len));
+            log::debug!("{name}: trapping {:#x}+{len:#x}", bar.addr + offset);
         }
         d.mapper = Some(mapper);
         Ok(())
