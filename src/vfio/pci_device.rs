@@ -284,7 +284,12 @@ impl VfioPciDevice {
     ) -> Result<Self, VfioPciError> {
         // Start from a clean function: whatever the previous user left is gone.
         dev.reset();
-        let mut cfg = vec![0u8; regs::CONFIG_SPACE_SIZE];
+        // One read of the whole configuration space (4 KiB for PCIe functions).
+        let config_size = (dev
+            .region(vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX)
+            .size as usize)
+            .clamp(regs::CONFIG_SPACE_SIZE, regs::EXT_CONFIG_SPACE_SIZE);
+        let mut cfg = vec![0u8; config_size];
         dev.config_read(0, &mut cfg);
 
         let mut bars = Vec::new();
@@ -336,34 +341,26 @@ impl VfioPciDevice {
         }
 
         let scan = scan_capabilities(&cfg);
-        let config_size = (dev
-            .region(vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX)
-            .size as usize)
-            .clamp(regs::CONFIG_SPACE_SIZE, regs::EXT_CONFIG_SPACE_SIZE);
-        let hidden_ext = if config_size > regs::CONFIG_SPACE_SIZE {
-            let mut ext = vec![0u8; config_size];
-            dev.config_read(0, &mut ext);
-            scan_extended(&ext)
-        } else {
-            Vec::new()
-        };
-        let eventfds = |n: u32| {
-            (0..n)
+        let hidden_ext = scan_extended(&cfg);
+        // GSIs and one eventfd per vector for `n` vectors of `kind`.
+        let vectors = |kind: &str, n: u32| -> Result<(u32, Vec<EventFd>), VfioPciError> {
+            let gsi_base = router
+                .allocate_gsis(n)
+                .map_err(|e| VfioPciError::Interrupts(name.to_string(), e))?;
+            let fds = (0..n)
                 .map(|_| EventFd::new(libc::EFD_NONBLOCK))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| VfioPciError::EventFd(name.to_string(), e))
+                .map_err(|e| VfioPciError::EventFd(name.to_string(), e))?;
+            log::info!(
+                "{name}: {kind} with {n} vectors on GSIs {gsi_base}..{}",
+                gsi_base + n
+            );
+            Ok((gsi_base, fds))
         };
         let msix = match scan.msix {
             Some(cap) => {
                 let n = u32::from(cap.table_size).min(dev.msix_vectors().max(1));
-                let gsi_base = router
-                    .allocate_gsis(n)
-                    .map_err(|e| VfioPciError::Interrupts(name.to_string(), e))?;
-                let fds = eventfds(n)?;
-                log::info!(
-                    "{name}: MSI-X with {n} vectors on GSIs {gsi_base}..{}",
-                    gsi_base + n
-                );
+                let (gsi_base, fds) = vectors("MSI-X", n)?;
                 Some(Msix {
                     cap,
                     state: MsixState::new(n as u16),
@@ -376,18 +373,11 @@ impl VfioPciDevice {
         };
         let msi = match scan.msi {
             Some((cap, header)) => {
-                let n = cap.max_vectors();
-                let gsi_base = router
-                    .allocate_gsis(n)
-                    .map_err(|e| VfioPciError::Interrupts(name.to_string(), e))?;
-                log::info!(
-                    "{name}: MSI with up to {n} vectors on GSIs {gsi_base}..{}",
-                    gsi_base + n
-                );
+                let (gsi_base, fds) = vectors("MSI", cap.max_vectors())?;
                 Some(Msi {
                     cap,
                     state: MsiState::new(cap, header),
-                    fds: eventfds(n)?,
+                    fds,
                     gsi_base,
                     host_vectors: 0,
                 })
