@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn stats(name: &str, mut v: Vec<Duration>) {
@@ -42,20 +42,17 @@ fn main() {
         let (mut first, mut total) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let start = Instant::now();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_vflaunch"))
-                .args([
-                    "run",
-                    "--kernel",
-                    &kernel,
-                    "--memory",
-                    mem,
-                    "--no-devices-from-env",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn vflaunch");
+            let mut child = common::vflaunch_command(&[
+                "run",
+                "--kernel",
+                &kernel,
+                "--memory",
+                mem,
+                "--no-devices-from-env",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn vflaunch");
             let mut out = child.stdout.take().expect("stdout");
             let mut b = [0u8; 1];
             out.read_exact(&mut b).expect("first serial byte");

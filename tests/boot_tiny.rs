@@ -143,7 +143,6 @@ fn bad_input_fails_with_one_line_and_usage_codes() {
 #[test]
 fn sigterm_stops_a_running_guest() {
     use std::io::Read;
-    use std::process::{Command, Stdio};
     if let Some(why) = kvm_unusable() {
         println!("SKIPPED: {why}");
         return;
@@ -154,22 +153,18 @@ fn sigterm_stops_a_running_guest() {
         "spin.elf",
         &elf64(&tiny_spin_code(b"spinning\n"), false),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vflaunch"))
-        .args([
-            "run",
-            "--kernel",
-            &kernel,
-            "--memory",
-            "64M",
-            "--cpus",
-            "2",
-            "--no-devices-from-env",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = vflaunch_command(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--memory",
+        "64M",
+        "--cpus",
+        "2",
+        "--no-devices-from-env",
+    ])
+    .spawn()
+    .unwrap();
     let mut line = [0u8; 9];
     child.stdout.take().unwrap().read_exact(&mut line).unwrap();
     assert_eq!(&line, b"spinning\n");

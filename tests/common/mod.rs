@@ -126,13 +126,19 @@ pub fn kvm_unusable() -> Option<String> {
     }
 }
 
-/// Runs the vflaunch binary with `args`, killing it after `timeout`.
-pub fn run_vflaunch(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
+/// The vflaunch binary with `args`: no stdin, stdout and stderr piped.
+pub fn vflaunch_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vflaunch"));
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs the vflaunch binary with `args`, killing it after `timeout`.
+pub fn run_vflaunch(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut cmd = vflaunch_command(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
