@@ -12,7 +12,7 @@ use crate::config::{
 use crate::intake::{
     devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
 };
-use crate::pci_addr::Bdf;
+use crate::host::bdf::Bdf;
 
 const LONG_ABOUT: &str = "\
 Boot a Linux guest under KVM with PCI devices - typically SR-IOV NIC virtual
@@ -276,7 +276,7 @@ mod tests {
     use clap::{error::ErrorKind, CommandFactory};
 
     use super::*;
-    use crate::pci_addr::PciAddrError;
+    use crate::host::bdf::PciAddrError;
 
     /// A temp dir holding a kernel `k`; `$D` in argv strings expands to it.
     struct Fixture(tempfile::TempDir);

@@ -1,9 +1,16 @@
-//! Why the VM stopped, and the one-shot signal devices and vCPUs use to ask
-//! the VMM to stop.
+//! Stopping: why the VM stopped ([`ExitReason`]), the one-shot stop request
+//! that devices, vCPUs and signal handlers raise ([`ExitSignal`], an eventfd
+//! underneath), the SIGINT/SIGTERM handlers, and the wait for a stop.
 
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::register_signal_handler;
+
+use crate::error::exit_code;
+use crate::sync::lock;
 
 /// Why the guest stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,10 +34,10 @@ impl ExitReason {
     /// Process exit code for this reason (see README "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::I8042Reset => 0,
-            ExitReason::VcpuError(_) => 1,
-            ExitReason::GuestReset | ExitReason::TripleFault => 4,
-            ExitReason::Signal(s) => 128 + s,
+            ExitReason::PowerOff | ExitReason::I8042Reset => exit_code::OK,
+            ExitReason::VcpuError(_) => exit_code::VMM,
+            ExitReason::GuestReset | ExitReason::TripleFault => exit_code::GUEST_RESET,
+            ExitReason::Signal(s) => exit_code::SIGNAL_BASE + s,
         }
     }
 }
@@ -65,7 +72,7 @@ impl ExitSignal {
 
     /// Requests a stop; only the first reason is kept.
     pub fn request(&self, reason: ExitReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.reason);
         if r.is_none() {
             log::info!("stopping: {reason}");
             *r = Some(reason);
@@ -75,10 +82,7 @@ impl ExitSignal {
 
     /// The recorded reason, if a stop was requested.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.reason).clone()
     }
 
     /// True once a stop was requested.
@@ -89,6 +93,66 @@ impl ExitSignal {
     /// The eventfd written on every request.
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
+    }
+}
+
+/// Signal number caught by the SIGINT/SIGTERM handler (0: none).
+static CAUGHT_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Eventfd the signal handler writes to wake the waiting thread (-1: none).
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_terminate(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    CAUGHT_SIGNAL.store(num, Ordering::SeqCst);
+    let fd = WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) is async-signal-safe; `one` is a valid 8-byte buffer.
+        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// SIGINT and SIGTERM wake `exit`'s waiter while this lives.
+pub struct SignalHandlers(());
+
+impl SignalHandlers {
+    /// Installs the handlers for `exit` (one VM per process).
+    pub fn install(exit: &ExitSignal) -> std::io::Result<Self> {
+        WAKE_FD.store(exit.eventfd().as_raw_fd(), Ordering::SeqCst);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            register_signal_handler(sig, on_terminate)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        }
+        Ok(SignalHandlers(()))
+    }
+}
+
+impl Drop for SignalHandlers {
+    fn drop(&mut self) {
+        // The handlers stay (a late signal is then only recorded); the
+        // eventfd may close after this.
+        WAKE_FD.store(-1, Ordering::SeqCst);
+    }
+}
+
+/// Blocks until a stop is requested (by a device, a vCPU or a signal);
+/// returns the reason.
+pub fn wait(exit: &ExitSignal) -> ExitReason {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: exit.eventfd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd array of length 1.
+        unsafe { libc::poll(&mut pfd, 1, -1) };
+        let _ = exit.eventfd().read();
+        let sig = CAUGHT_SIGNAL.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            exit.request(ExitReason::Signal(sig));
+        }
+        if let Some(reason) = exit.reason() {
+            return reason;
+        }
     }
 }
 
@@ -109,5 +173,16 @@ mod tests {
         assert_eq!(ExitReason::GuestReset.exit_code(), 4);
         assert_eq!(ExitReason::VcpuError("x".into()).exit_code(), 1);
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
+    }
+
+    #[test]
+    fn wait_returns_the_first_reason() {
+        let s = std::sync::Arc::new(ExitSignal::new().unwrap());
+        let t = {
+            let s = s.clone();
+            std::thread::spawn(move || wait(&s))
+        };
+        s.request(ExitReason::I8042Reset);
+        assert_eq!(t.join().unwrap(), ExitReason::I8042Reset);
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::pci_addr::{Bdf, PciAddrError};
+use crate::host::bdf::{Bdf, PciAddrError};
 
 /// KubeVirt's downward-API file that maps networks to PCI addresses.
 pub const NETWORK_INFO_PATH: &str = "/etc/podinfo/network-info";

@@ -178,38 +178,8 @@ impl MsiRouter for KvmMsiRouter {
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
-
-    /// Records routing calls instead of talking to KVM.
-    #[derive(Default)]
-    pub struct MockRouter {
-        /// Live routes.
-        pub routes: Mutex<BTreeMap<u32, MsiMessage>>,
-        next: Mutex<u32>,
-    }
-
-    impl MsiRouter for MockRouter {
-        fn allocate_gsis(&self, count: u32) -> Result<u32, InterruptError> {
-            let mut n = self.next.lock().unwrap();
-            let first = MSI_GSI_START + *n;
-            *n += count;
-            Ok(first)
-        }
-        fn route(
-            &self,
-            gsi: u32,
-            msg: Option<MsiMessage>,
-            _fd: &EventFd,
-        ) -> Result<(), InterruptError> {
-            let mut r = self.routes.lock().unwrap();
-            match msg {
-                Some(m) => r.insert(gsi, m),
-                None => r.remove(&gsi),
-            };
-            Ok(())
-        }
-    }
 
     #[test]
     fn legacy_table_matches_kvm_defaults() {

@@ -1,8 +1,10 @@
-//! vCPUs: per-vCPU setup and the run loop. The loop only forwards exits to
-//! the buses; it knows no device.
+//! vCPUs: per-vCPU setup, the run loop, and the set of running vCPU
+//! threads (pause, resume, stop). The loop only forwards exits to the
+//! buses; it knows no device.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -13,36 +15,28 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::boot::BootEntry;
 use crate::arch::x86_64::{cpuid, regs};
-use crate::devices::bus::Bus;
+use crate::devices::bus::Buses;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::sync::lock;
 
 /// Errors creating or configuring vCPUs.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     /// KVM_CREATE_VCPU failed.
-    #[error("Cannot create vCPU {0}")]
+    #[error("cannot create vCPU {0}")]
     Create(u8, #[source] kvm_ioctls::Error),
     /// KVM_SET_CPUID2 failed.
-    #[error("Cannot set CPUID on vCPU {0}")]
+    #[error("cannot set CPUID on vCPU {0}")]
     Cpuid(u8, #[source] kvm_ioctls::Error),
     /// Register setup failed.
-    #[error("Cannot set up registers of vCPU {0}")]
+    #[error("cannot set up registers of vCPU {0}")]
     Regs(u8, #[source] regs::RegsError),
     /// The vCPU thread could not be started.
-    #[error("Cannot start the vCPU {0} thread")]
+    #[error("cannot start the vCPU {0} thread")]
     Spawn(u8, #[source] std::io::Error),
     /// The kick signal handler could not be installed.
-    #[error("Cannot install the vCPU kick signal handler")]
+    #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
-}
-
-/// The port-I/O and MMIO buses the vCPUs dispatch to.
-#[derive(Default)]
-pub struct Buses {
-    /// Port I/O.
-    pub pio: Bus,
-    /// Memory-mapped I/O (shared with the guest mapper, which moves BAR traps).
-    pub mmio: Arc<Bus>,
 }
 
 /// What the loop does after an exit.
@@ -140,30 +134,26 @@ impl Vcpu {
         Ok(Vcpu { id, fd })
     }
 
-    /// Runs the vCPU on its own thread until a stop is requested.
-    pub fn spawn(
-        mut self,
-        buses: Arc<Buses>,
-        exit: Arc<ExitSignal>,
-    ) -> Result<JoinHandle<()>, VcpuError> {
+    /// Runs the vCPU on its own thread, named `vcpu<N>` (orchestrators
+    /// find vCPU threads by that name to pin them), until a stop.
+    fn spawn(mut self, buses: Arc<Buses>, control: Arc<VcpuControl>) -> Result<JoinHandle<()>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run(&buses, &exit))
+            .spawn(move || self.run(&buses, &control))
             .map_err(|e| VcpuError::Spawn(id, e))
     }
 
-    fn run(&mut self, buses: &Buses, exit: &ExitSignal) {
+    fn run(&mut self, buses: &Buses, control: &VcpuControl) {
+        let exit = &control.exit;
         while !exit.requested() {
+            control.park_while_paused();
             match self.fd.run() {
+                Ok(VcpuExit::InternalError) => {
+                    exit.request(ExitReason::VcpuError(self.internal_error()))
+                }
                 Ok(e) => {
-                    let internal = matches!(e, VcpuExit::InternalError);
                     if let VcpuAction::Stop(reason) = handle_exit(e, buses) {
-                        let reason = if internal {
-                            ExitReason::VcpuError(self.internal_error())
-                        } else {
-                            reason
-                        };
                         exit.request(reason);
                     }
                 }
@@ -208,14 +198,127 @@ impl Vcpu {
     }
 }
 
-/// Kicks vCPU threads out of `KVM_RUN` until they have all returned.
-pub fn stop_all(handles: Vec<JoinHandle<()>>) {
-    for h in handles {
-        while !h.is_finished() {
-            let _ = h.kill(SIGRTMIN());
-            std::thread::sleep(std::time::Duration::from_millis(5));
+/// What the vCPU threads share with the VMM: the stop request and the pause gate.
+pub struct VcpuControl {
+    exit: Arc<ExitSignal>,
+    /// (pause wanted, vCPUs parked).
+    pause: Mutex<(bool, usize)>,
+    cv: Condvar,
+}
+
+impl VcpuControl {
+    /// Control for vCPUs that stop when `exit` is requested.
+    pub fn new(exit: Arc<ExitSignal>) -> Arc<Self> {
+        Arc::new(VcpuControl {
+            exit,
+            pause: Mutex::new((false, 0)),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn park_while_paused(&self) {
+        let mut p = lock(&self.pause);
+        if !p.0 {
+            return;
         }
-        let _ = h.join();
+        p.1 += 1;
+        self.cv.notify_all();
+        while p.0 && !self.exit.requested() {
+            p = self
+                .cv
+                .wait_timeout(p, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        p.1 -= 1;
+    }
+}
+
+/// How long `pause` and `stop` wait for vCPU threads before giving up on them.
+const VCPU_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The running vCPU threads.
+pub struct VcpuSet {
+    handles: Vec<JoinHandle<()>>,
+    control: Arc<VcpuControl>,
+}
+
+impl VcpuSet {
+    /// Starts one thread per vCPU.
+    pub fn start(
+        vcpus: Vec<Vcpu>,
+        buses: &Arc<Buses>,
+        control: Arc<VcpuControl>,
+    ) -> Result<Self, VcpuError> {
+        let mut set = VcpuSet {
+            handles: Vec::new(),
+            control,
+        };
+        for v in vcpus {
+            // On an error the threads already started stop when `set` drops.
+            set.handles.push(v.spawn(buses.clone(), set.control.clone())?);
+        }
+        Ok(set)
+    }
+
+    fn kick(&self) {
+        for h in self.handles.iter().filter(|h| !h.is_finished()) {
+            let _ = h.kill(SIGRTMIN());
+        }
+    }
+
+    /// Parks every vCPU outside `KVM_RUN`; false if they did not all park in time.
+    pub fn pause(&self) -> bool {
+        lock(&self.control.pause).0 = true;
+        let start = Instant::now();
+        loop {
+            let parked = lock(&self.control.pause).1;
+            if parked == self.handles.len() {
+                return true;
+            }
+            if start.elapsed() > VCPU_DEADLINE {
+                return false;
+            }
+            self.kick();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        lock(&self.control.pause).0 = false;
+        self.control.cv.notify_all();
+    }
+
+    /// Stops every vCPU thread (the stop must have been requested) and
+    /// joins them; a thread that does not return within the deadline is
+    /// left behind, so that tear-down still goes on. Returns how many stopped.
+    pub fn stop(&mut self) -> usize {
+        self.control.cv.notify_all();
+        let start = Instant::now();
+        while self.handles.iter().any(|h| !h.is_finished()) && start.elapsed() < VCPU_DEADLINE {
+            self.kick();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut stopped = 0;
+        for h in self.handles.drain(..) {
+            if h.is_finished() {
+                let _ = h.join();
+                stopped += 1;
+            } else {
+                log::error!("a vCPU thread did not stop within {VCPU_DEADLINE:?}; going on without it");
+            }
+        }
+        stopped
+    }
+}
+
+impl Drop for VcpuSet {
+    fn drop(&mut self) {
+        if !self.handles.is_empty() {
+            self.control.exit.request(ExitReason::VcpuError("the VMM stopped the vCPUs".into()));
+            self.stop();
+        }
     }
 }
 

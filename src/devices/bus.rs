@@ -20,15 +20,24 @@ pub trait BusDevice: Send {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
     /// The new range overlaps an existing one.
-    #[error("Bus range {0:#x}+{1:#x} overlaps an existing device")]
+    #[error("bus range {0:#x}+{1:#x} overlaps an existing device")]
     Overlap(u64, u64),
     /// Zero-length range.
-    #[error("Bus range at {0:#x} has zero length")]
+    #[error("bus range at {0:#x} has zero length")]
     Empty(u64),
 }
 
 /// Shared handle to a bus device.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+/// The port-I/O and MMIO buses the vCPUs dispatch to.
+#[derive(Default)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O (shared with the PCI root, which moves BAR traps).
+    pub mmio: Arc<Bus>,
+}
 
 /// A set of non-overlapping ranges, each owned by a device.
 #[derive(Default)]
@@ -37,11 +46,6 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// An empty bus.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Registers `dev` for `[base, base + len)`.
     pub fn insert(&self, base: u64, len: u64, dev: SharedDevice) -> Result<(), BusError> {
         if len == 0 {
@@ -56,6 +60,14 @@ impl Bus {
         }
         ranges.insert(base, (len, dev));
         Ok(())
+    }
+
+    /// Removes every range (at tear-down: drops the bus's device references).
+    pub fn clear(&self) {
+        self.ranges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Removes the range that starts at `base`; returns its device.
@@ -120,7 +132,7 @@ mod tests {
 
     #[test]
     fn dispatches_by_range_with_offsets() {
-        let bus = Bus::new();
+        let bus = Bus::default();
         let a = Arc::new(Mutex::new(Reg::default()));
         bus.insert(0x100, 0x10, a.clone()).unwrap();
         let mut d = [0u8; 2];
@@ -154,7 +166,7 @@ mod tests {
 
     #[test]
     fn a_device_can_move_itself_during_an_access() {
-        let bus = Arc::new(Bus::new());
+        let bus = Arc::new(Bus::default());
         let slot = Arc::new(Mutex::new(None));
         let dev: SharedDevice = Arc::new(Mutex::new(Mover(bus.clone(), slot.clone())));
         *slot.lock().unwrap() = Some(dev.clone());
@@ -168,7 +180,7 @@ mod tests {
 
     #[test]
     fn rejects_overlaps_and_empty_ranges() {
-        let bus = Bus::new();
+        let bus = Bus::default();
         let a: SharedDevice = Arc::new(Mutex::new(Reg::default()));
         bus.insert(0x100, 0x10, a.clone()).unwrap();
         assert_eq!(

@@ -2,6 +2,5 @@
 
 pub mod acpi_pm;
 pub mod bus;
-pub mod console;
 pub mod i8042;
 pub mod serial;

@@ -51,11 +51,6 @@ impl SerialConsole {
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
     }
-
-    /// Free space in the receive FIFO.
-    pub fn input_capacity(&self) -> usize {
-        self.uart.fifo_capacity()
-    }
 }
 
 impl BusDevice for SerialConsole {

@@ -1,12 +1,17 @@
 //! BAR bookkeeping: guest-address allocation from the PCI windows and the
 //! shadow BAR registers the guest sees (with the sizing protocol).
 
+use crate::arch::x86_64::layout::PciWindows;
+
 /// Type bits of a memory BAR: 64-bit.
 const BAR_MEM_64: u32 = 0b10 << 1;
 /// Prefetchable bit of a memory BAR.
 const BAR_PREFETCH: u32 = 1 << 3;
 /// Low bits of a memory BAR that are flags, not address.
 const BAR_MEM_FLAGS_MASK: u32 = 0xf;
+/// BARs up to this size go to the 32-bit window when it has room: 32-bit
+/// guests and drivers that cannot use 64-bit addresses still reach them.
+const MAX_BAR_IN_MMIO32: u64 = 256 << 20;
 
 /// One memory BAR as the guest sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +130,74 @@ impl MmioAllocator {
     }
 }
 
+/// A memory BAR a device asks for, before it has a guest address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarRequest {
+    /// BAR register index (0..6).
+    pub index: usize,
+    /// Size in bytes (a power of two, >= 16).
+    pub size: u64,
+    /// 64-bit BAR.
+    pub is_64: bool,
+    /// Prefetchable.
+    pub prefetchable: bool,
+}
+
+/// No room for a BAR.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no guest MMIO space left for BAR{index} ({size:#x} bytes)")]
+pub struct NoBarSpace {
+    /// BAR register index.
+    pub index: usize,
+    /// Size asked for.
+    pub size: u64,
+}
+
+/// Places BARs in the PCI windows: small BARs in the 32-bit window while it
+/// has room, large 64-bit BARs above RAM.
+#[derive(Clone, Debug)]
+pub struct BarAllocator {
+    mmio32: MmioAllocator,
+    mmio64: MmioAllocator,
+}
+
+impl BarAllocator {
+    /// An allocator over `windows`.
+    pub fn new(windows: PciWindows) -> Self {
+        BarAllocator {
+            mmio32: MmioAllocator::new(windows.mmio32.start, windows.mmio32.size),
+            mmio64: MmioAllocator::new(windows.mmio64.start, windows.mmio64.size),
+        }
+    }
+
+    /// Gives `req` a guest address.
+    pub fn place(&mut self, req: &BarRequest) -> Result<BarInfo, NoBarSpace> {
+        let size = req.size;
+        let addr = if size <= MAX_BAR_IN_MMIO32 {
+            self.mmio32.allocate(size).or_else(|| {
+                req.is_64
+                    .then(|| self.mmio64.allocate(size))
+                    .flatten()
+            })
+        } else if req.is_64 {
+            self.mmio64.allocate(size)
+        } else {
+            self.mmio32.allocate(size)
+        };
+        let addr = addr.ok_or(NoBarSpace {
+            index: req.index,
+            size,
+        })?;
+        Ok(BarInfo {
+            index: req.index,
+            size,
+            is_64: req.is_64,
+            prefetchable: req.prefetchable,
+            addr,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +264,35 @@ mod tests {
         assert_eq!(a.allocate(0x3000), None, "not a power of two");
         assert_eq!(a.allocate(0x10_0000), None, "does not fit");
         assert!(bar64().contains(0x1_c000_7fff) && !bar64().contains(0x1_c000_8000));
+    }
+
+    #[test]
+    fn small_bars_go_low_large_64bit_bars_go_high() {
+        use crate::arch::x86_64::layout::{PciWindows, Window};
+        let windows = PciWindows {
+            mmio32: Window::new(0xc000_0000, 0x80_0000),
+            mmio64: Window::new(1 << 36, 1 << 34),
+        };
+        let mut a = BarAllocator::new(windows);
+        let req = |index, size, is_64| BarRequest {
+            index,
+            size,
+            is_64,
+            prefetchable: false,
+        };
+        let b = a.place(&req(0, 0x4000, true)).unwrap();
+        assert_eq!((b.addr, b.size, b.is_64), (0xc000_0000, 0x4000, true));
+        let big = a.place(&req(2, 1 << 30, true)).unwrap();
+        assert_eq!(big.addr, 1 << 36, "over 256 MiB: 64-bit window");
+        // The 32-bit window is full: a 64-bit BAR spills high, a 32-bit one fails.
+        let spill = a.place(&req(3, 0x80_0000, true)).unwrap();
+        assert!(spill.addr >= 1 << 36);
+        assert_eq!(
+            a.place(&req(4, 0x80_0000, false)),
+            Err(NoBarSpace {
+                index: 4,
+                size: 0x80_0000
+            })
+        );
     }
 }

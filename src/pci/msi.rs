@@ -66,11 +66,6 @@ impl MsiCap {
             None => self.data_offset() + 4,
         }
     }
-
-    /// Always false: a capability has a header.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
 }
 
 /// Guest-visible state of the MSI capability.
@@ -106,6 +101,12 @@ impl MsiState {
 
     fn control(&self) -> u16 {
         self.u16_at(2)
+    }
+
+    /// Clears MSI Enable (at shutdown).
+    pub fn disable(&mut self) {
+        let ctl = self.control() & !CTL_ENABLE;
+        self.regs[2..4].copy_from_slice(&ctl.to_le_bytes());
     }
 
     /// MSI Enable.

@@ -1,12 +1,15 @@
 //! The PCI host bridge (00:00.0) and the two ways to reach configuration
 //! space: mechanism #1 on ports 0xcf8/0xcfc (256 bytes per function) and
 //! ECAM (4 KiB per function, memory-mapped). Both forward to the device in
-//! the addressed slot. Only bus 0, function 0 of each slot exists.
+//! the addressed slot, and the BAR moves a write reports are applied here,
+//! by the owner of the [`BarSpace`]. Only bus 0, function 0 of each slot exists.
 
 use std::sync::{Arc, Mutex};
 
-use super::{merge_write, PciDevice};
-use crate::devices::bus::BusDevice;
+use super::bar_space::BarSpace;
+use super::{merge_write, read_bytes, ConfigWriteResult, PciDevice};
+use crate::devices::bus::{BusDevice, BusError};
+use crate::sync::lock;
 
 /// Red Hat's vendor ID and its generic "PCIe host bridge" device ID: a
 /// virtual ID with no driver quirks attached.
@@ -21,8 +24,11 @@ pub const SLOTS: usize = 32;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciError {
     /// All slots are taken.
-    #[error("No free PCI slot")]
+    #[error("no free PCI slot")]
     NoSlot,
+    /// The device's trapped BAR ranges could not be registered.
+    #[error("cannot trap the device's BAR ranges")]
+    Traps(#[source] BusError),
 }
 
 /// The host bridge: read-only identification, writable command register.
@@ -31,6 +37,10 @@ pub struct HostBridge {
 }
 
 impl PciDevice for HostBridge {
+    fn name(&self) -> &str {
+        "host bridge"
+    }
+
     fn read_config(&mut self, reg: usize) -> u32 {
         match reg {
             0 => (HOST_BRIDGE_DEVICE << 16) | HOST_BRIDGE_VENDOR,
@@ -40,64 +50,52 @@ impl PciDevice for HostBridge {
         }
     }
 
-    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) {
+    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) -> ConfigWriteResult {
         if reg == 1 && offset < 2 {
             self.command = merge_write(self.command, offset, data) & 0xffff;
         }
+        ConfigWriteResult::default()
     }
 }
 
 /// Shared handle to a PCI device.
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 
-/// Bus 0 and its configuration ports.
+/// Bus 0, its configuration ports and its BAR space.
 pub struct PciRoot {
     config_address: u32,
     slots: Vec<Option<SharedPciDevice>>,
-}
-
-impl Default for PciRoot {
-    fn default() -> Self {
-        Self::new()
-    }
+    space: BarSpace,
 }
 
 impl PciRoot {
-    /// A bus with the host bridge in slot 0.
-    pub fn new() -> Self {
+    /// A bus with the host bridge in slot 0, placing BARs in `space`.
+    pub fn new(space: BarSpace) -> Self {
         let mut slots: Vec<Option<SharedPciDevice>> = vec![None; SLOTS];
         slots[0] = Some(Arc::new(Mutex::new(HostBridge { command: 0 })));
         PciRoot {
             config_address: 0,
             slots,
+            space,
         }
     }
 
-    /// Puts `dev` in the first free slot; returns the slot number.
+    /// The BAR space, for devices that map BAR areas when they are built.
+    pub fn space(&self) -> &BarSpace {
+        &self.space
+    }
+
+    /// Puts `dev` in the first free slot and registers its trapped BAR
+    /// ranges; returns the slot number.
     pub fn add_device(&mut self, dev: SharedPciDevice) -> Result<u8, PciError> {
         let slot = self
             .slots
             .iter()
             .position(Option::is_none)
             .ok_or(PciError::NoSlot)?;
+        self.space.attach(&dev).map_err(PciError::Traps)?;
         self.slots[slot] = Some(dev);
         Ok(slot as u8)
-    }
-
-    /// The device addressed by CONFIG_ADDRESS and the register index.
-    fn target(&self) -> Option<(&SharedPciDevice, usize)> {
-        let a = self.config_address;
-        if a & CONFIG_ADDRESS_ENABLE == 0 {
-            return None;
-        }
-        let bus = (a >> 16) & 0xff;
-        let slot = ((a >> 11) & 0x1f) as usize;
-        let function = (a >> 8) & 0x7;
-        let reg = ((a >> 2) & 0x3f) as usize;
-        if bus != 0 || function != 0 {
-            return None;
-        }
-        self.slots[slot].as_ref().map(|d| (d, reg))
     }
 
     fn slot_device(&self, slot: usize, function: u32) -> Option<&SharedPciDevice> {
@@ -107,55 +105,47 @@ impl PciRoot {
         self.slots.get(slot).and_then(Option::as_ref)
     }
 
+    /// The device addressed by CONFIG_ADDRESS and the register index.
+    fn target(&self) -> Option<(&SharedPciDevice, usize)> {
+        let a = self.config_address;
+        if a & CONFIG_ADDRESS_ENABLE == 0 || (a >> 16) & 0xff != 0 {
+            return None;
+        }
+        let slot = ((a >> 11) & 0x1f) as usize;
+        let reg = ((a >> 2) & 0x3f) as usize;
+        self.slot_device(slot, (a >> 8) & 0x7).map(|d| (d, reg))
+    }
+
+    fn read_reg(dev: Option<&SharedPciDevice>, reg: usize, byte: usize, data: &mut [u8]) {
+        let value = match dev {
+            Some(d) if byte + data.len() <= 4 => lock(d).read_config(reg),
+            _ => 0xffff_ffff,
+        };
+        read_bytes(&value.to_le_bytes(), byte, data);
+    }
+
+    fn write_reg(&self, dev: Option<&SharedPciDevice>, reg: usize, byte: usize, data: &[u8]) {
+        let Some(dev) = dev else { return };
+        if byte + data.len() > 4 {
+            return;
+        }
+        let mut d = lock(dev);
+        let result = d.write_config(reg, byte, data);
+        if !result.bar_moves.is_empty() {
+            self.space.apply(dev, &mut *d, &result.bar_moves);
+        }
+    }
+
     /// ECAM read at `offset` from the start of the bus-0 window.
     pub fn ecam_read(&self, offset: u64, data: &mut [u8]) {
         let (slot, function, reg, byte) = decode_ecam(offset);
-        let value = match self.slot_device(slot, function) {
-            Some(dev) if byte + data.len() <= 4 => dev
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read_config(reg),
-            _ => 0xffff_ffff,
-        };
-        let bytes = value.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(byte + i).copied().unwrap_or(0xff);
-        }
+        Self::read_reg(self.slot_device(slot, function), reg, byte, data);
     }
 
     /// ECAM write at `offset` from the start of the bus-0 window.
     pub fn ecam_write(&self, offset: u64, data: &[u8]) {
         let (slot, function, reg, byte) = decode_ecam(offset);
-        if byte + data.len() > 4 {
-            return;
-        }
-        if let Some(dev) = self.slot_device(slot, function) {
-            dev.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_config(reg, byte, data);
-        }
-    }
-
-    fn read_data(&self, offset: usize, data: &mut [u8]) {
-        let value = match self.target() {
-            Some((dev, reg)) => dev
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read_config(reg),
-            None => 0xffff_ffff,
-        };
-        let bytes = value.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(offset + i).copied().unwrap_or(0xff);
-        }
-    }
-
-    fn write_data(&self, offset: usize, data: &[u8]) {
-        if let Some((dev, reg)) = self.target() {
-            dev.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_config(reg, offset, data);
-        }
+        self.write_reg(self.slot_device(slot, function), reg, byte, data);
     }
 }
 
@@ -172,30 +162,23 @@ pub struct PciEcam(pub Arc<Mutex<PciRoot>>);
 
 impl BusDevice for PciEcam {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ecam_read(offset, data);
+        lock(&self.0).ecam_read(offset, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ecam_write(offset, data);
+        lock(&self.0).ecam_write(offset, data);
     }
 }
 
 impl BusDevice for PciRoot {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match offset {
-            0..=3 => {
-                let bytes = self.config_address.to_le_bytes();
-                for (i, b) in data.iter_mut().enumerate() {
-                    *b = bytes.get(offset as usize + i).copied().unwrap_or(0xff);
-                }
+            0..=3 => read_bytes(&self.config_address.to_le_bytes(), offset as usize, data),
+            4..=7 => {
+                let target = self.target();
+                let (dev, reg) = (target.map(|t| t.0), target.map_or(0, |t| t.1));
+                Self::read_reg(dev, reg, offset as usize - 4, data);
             }
-            4..=7 => self.read_data(offset as usize - 4, data),
             _ => data.fill(0xff),
         }
     }
@@ -203,7 +186,11 @@ impl BusDevice for PciRoot {
     fn write(&mut self, offset: u64, data: &[u8]) {
         match offset {
             0..=3 => self.config_address = merge_write(self.config_address, offset as usize, data),
-            4..=7 => self.write_data(offset as usize - 4, data),
+            4..=7 => {
+                if let Some((dev, reg)) = self.target() {
+                    self.write_reg(Some(dev), reg, offset as usize - 4, data);
+                }
+            }
             _ => {}
         }
     }
@@ -212,6 +199,11 @@ impl BusDevice for PciRoot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_root() -> PciRoot {
+        let space = crate::testing::bar_space(&Arc::new(crate::devices::bus::Bus::default()));
+        PciRoot::new(space)
+    }
 
     fn addr(slot: u32, reg: u32) -> [u8; 4] {
         (CONFIG_ADDRESS_ENABLE | (slot << 11) | (reg << 2)).to_le_bytes()
@@ -226,7 +218,7 @@ mod tests {
 
     #[test]
     fn host_bridge_is_visible_and_empty_slots_float() {
-        let mut root = PciRoot::new();
+        let mut root = test_root();
         assert_eq!(read32(&mut root, 0, 0), 0x0008_1b36);
         assert_eq!(read32(&mut root, 0, 2) >> 16, 0x0600);
         assert_eq!(read32(&mut root, 5, 0), 0xffff_ffff);
@@ -239,7 +231,7 @@ mod tests {
 
     #[test]
     fn sub_dword_access_and_address_readback() {
-        let mut root = PciRoot::new();
+        let mut root = test_root();
         root.write(0, &addr(0, 0));
         let mut w = [0u8; 2];
         root.read(6, &mut w);
@@ -255,7 +247,7 @@ mod tests {
 
     #[test]
     fn ecam_reaches_the_same_devices_with_4k_space() {
-        let mut root = PciRoot::new();
+        let mut root = test_root();
         let dev: SharedPciDevice = Arc::new(Mutex::new(HostBridge { command: 0 }));
         root.add_device(dev).unwrap();
         let mut d = [0u8; 4];
@@ -285,7 +277,7 @@ mod tests {
 
     #[test]
     fn devices_fill_free_slots() {
-        let mut root = PciRoot::new();
+        let mut root = test_root();
         let dev: SharedPciDevice = Arc::new(Mutex::new(HostBridge { command: 0 }));
         assert_eq!(root.add_device(dev.clone()), Ok(1));
         assert_eq!(root.add_device(dev.clone()), Ok(2));

@@ -1,12 +1,16 @@
-//! VFIO passthrough: host checks (`host`), the container and DMA mapping
-//! (`container`) and the guest-visible PCI device (`pci_device`).
+//! VFIO passthrough: the container and DMA mapping (`container`) and the
+//! guest-visible PCI device (`pci_device`), which coordinates its
+//! configuration space (`config_space`), interrupt vectors (`vectors`) and
+//! BAR mappings (`bar_map`).
 //!
 //! All access to a real device goes through [`VfioBackend`], a narrow seam
 //! implemented for `vfio_ioctls::VfioDevice` and, in tests, by a mock.
 
+pub mod bar_map;
+pub mod config_space;
 pub mod container;
-pub mod host;
 pub mod pci_device;
+pub mod vectors;
 
 use std::os::fd::AsRawFd;
 
@@ -21,10 +25,10 @@ use vmm_sys_util::eventfd::EventFd;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// An ioctl on the device failed.
-    #[error("VFIO device operation failed: {0}")]
-    Vfio(String),
+    #[error("vfio device operation failed")]
+    Vfio(#[source] vfio_ioctls::VfioError),
     /// mmap of a BAR failed.
-    #[error("Cannot mmap BAR region {0} at offset {1:#x}")]
+    #[error("cannot mmap BAR region {0} at offset {1:#x}")]
     Mmap(u32, u64, #[source] std::io::Error),
 }
 
@@ -35,8 +39,6 @@ pub struct RegionInfo {
     pub size: u64,
     /// The region can be mmapped.
     pub mmap: bool,
-    /// The region is writable.
-    pub writable: bool,
     /// Sparse-mmap areas (offset, size), when the host restricts mmap.
     pub sparse: Option<Vec<(u64, u64)>>,
     /// The host allows mmapping over the MSI-X table.
@@ -79,16 +81,6 @@ impl MmapArea {
     /// Host address of the mapping.
     pub fn host_addr(&self) -> u64 {
         self.ptr as u64
-    }
-
-    /// Length of the mapping.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True for a zero-length mapping.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -148,7 +140,6 @@ impl VfioBackend for VfioDevice {
         RegionInfo {
             size: self.get_region_size(index),
             mmap: flags & VFIO_REGION_INFO_FLAG_MMAP != 0,
-            writable: flags & VFIO_REGION_INFO_FLAG_WRITE != 0,
             sparse,
             msix_mappable: caps.contains(&VfioRegionInfoCap::MsixMappable),
         }
@@ -179,19 +170,19 @@ impl VfioBackend for VfioDevice {
     }
 
     fn enable_msix(&self, fds: &[&EventFd]) -> Result<(), BackendError> {
-        VfioDevice::enable_msix(self, fds.to_vec()).map_err(|e| BackendError::Vfio(e.to_string()))
+        VfioDevice::enable_msix(self, fds.to_vec()).map_err(BackendError::Vfio)
     }
 
     fn disable_msix(&self) -> Result<(), BackendError> {
-        VfioDevice::disable_msix(self).map_err(|e| BackendError::Vfio(e.to_string()))
+        VfioDevice::disable_msix(self).map_err(BackendError::Vfio)
     }
 
     fn enable_msi(&self, fds: &[&EventFd]) -> Result<(), BackendError> {
-        VfioDevice::enable_msi(self, fds.to_vec()).map_err(|e| BackendError::Vfio(e.to_string()))
+        VfioDevice::enable_msi(self, fds.to_vec()).map_err(BackendError::Vfio)
     }
 
     fn disable_msi(&self) -> Result<(), BackendError> {
-        VfioDevice::disable_msi(self).map_err(|e| BackendError::Vfio(e.to_string()))
+        VfioDevice::disable_msi(self).map_err(BackendError::Vfio)
     }
 
     fn reset(&self) {

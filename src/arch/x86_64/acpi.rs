@@ -22,7 +22,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout;
+use super::layout::{self, PciWindows};
 use crate::devices::acpi_pm::{RESET_VALUE, S5_SLEEP_TYPE};
 
 const OEM_ID: [u8; 6] = *b"VFLNCH";
@@ -43,15 +43,6 @@ pub enum AcpiError {
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
 
-/// The PCI windows the host bridge decodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PciWindows {
-    /// 32-bit window (start, size).
-    pub mmio32: (u64, u64),
-    /// 64-bit window (start, size).
-    pub mmio64: (u64, u64),
-}
-
 fn aml_bytes(a: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
     a.to_aml_bytes(&mut v);
@@ -60,8 +51,7 @@ fn aml_bytes(a: &dyn Aml) -> Vec<u8> {
 
 /// The DSDT body (AML).
 pub fn dsdt_aml(pci: PciWindows) -> Vec<u8> {
-    let (m32, m32_size) = pci.mmio32;
-    let (m64, m64_size) = pci.mmio64;
+    let (m32, m64) = (pci.mmio32, pci.mmio64);
     let bus = AddressSpace::new_bus_number(0u16, 0u16);
     let cfg_ports = IO::new(layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT, 1, 8);
     let io_low = AddressSpace::new_io(0u16, layout::PCI_CONFIG_PORT - 1, None);
@@ -69,15 +59,15 @@ pub fn dsdt_aml(pci: PciWindows) -> Vec<u8> {
     let mem32 = AddressSpace::new_memory(
         AddressSpaceCacheable::NotCacheable,
         true,
-        m32 as u32,
-        (m32 + m32_size - 1) as u32,
+        m32.start as u32,
+        (m32.end() - 1) as u32,
         None,
     );
     let mem64 = AddressSpace::new_memory(
         AddressSpaceCacheable::NotCacheable,
         true,
-        m64,
-        m64 + m64_size - 1,
+        m64.start,
+        m64.end() - 1,
         None,
     );
     let pci_crs = ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mem32, &mem64]);
@@ -214,15 +204,12 @@ mod tests {
     }
 
     fn windows() -> PciWindows {
-        PciWindows {
-            mmio32: (layout::PCI_MMIO32_START.0, layout::PCI_MMIO32_SIZE),
-            mmio64: (layout::PCI_MMIO64_MIN_START.0, layout::PCI_MMIO64_SIZE),
-        }
+        layout::GuestLayout::new(64 << 20).pci()
     }
 
     #[test]
     fn tables_are_linked_and_checksummed() {
-        let mem = crate::memory::create_guest_memory(64 << 20, false).unwrap();
+        let mem = crate::memory::create_guest_memory(&layout::GuestLayout::new(64 << 20), false).unwrap();
         let rsdp = write_tables(&mem, 2, windows()).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, GuestAddress(rsdp)).unwrap();

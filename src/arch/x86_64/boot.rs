@@ -12,9 +12,8 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader, KernelLoaderResult};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout;
+use super::layout::{self, E820Kind, GuestLayout};
 use super::regs::EntryMode;
-use crate::memory::{e820_map, E820Kind};
 
 /// Errors loading the guest kernel.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +129,7 @@ pub fn build_boot_params(
     header: Option<linux_loader::bootparam::setup_header>,
     cmdline_len: usize,
     initrd: Option<InitrdPlacement>,
-    mem_size: u64,
+    guest: &GuestLayout,
 ) -> boot_params {
     let mut params = boot_params::default();
     if let Some(h) = header {
@@ -147,7 +146,7 @@ pub fn build_boot_params(
         params.hdr.ramdisk_size = i.size as u32;
     }
     params.acpi_rsdp_addr = layout::RSDP_START.0;
-    let map = e820_map(mem_size);
+    let map = guest.e820();
     for (i, (addr, size, kind)) in map.iter().enumerate() {
         params.e820_table[i] = boot_e820_entry {
             addr: *addr,
@@ -170,9 +169,9 @@ fn e820_type(kind: E820Kind) -> u32 {
 fn write_pvh_info(
     mem: &GuestMemoryMmap,
     initrd: Option<InitrdPlacement>,
-    mem_size: u64,
+    guest: &GuestLayout,
 ) -> Result<(), BootError> {
-    let map = e820_map(mem_size);
+    let map = guest.e820();
     let mut info = Vec::with_capacity(56);
     info.extend_from_slice(&XEN_HVM_START_MAGIC.to_le_bytes());
     info.extend_from_slice(&1u32.to_le_bytes()); // version
@@ -226,14 +225,14 @@ pub fn reset_stub() -> [u8; 16] {
 /// Loads everything and returns how to enter the kernel.
 pub fn load(
     mem: &GuestMemoryMmap,
-    mem_size: u64,
+    guest: &GuestLayout,
     kernel: &Path,
     initramfs: Option<&Path>,
     cmdline: &str,
 ) -> Result<BootEntry, BootError> {
     let k = load_kernel(mem, kernel)?;
     mem.write_slice(&reset_stub(), layout::RESET_VECTOR)?;
-    let low_ram_end = mem_size.min(layout::MMIO32_HOLE_START.0);
+    let low_ram_end = guest.low_ram_end();
     let limit = match k.setup_header {
         Some(h) if h.initrd_addr_max != 0 => u64::from(h.initrd_addr_max) + 1,
         _ => DEFAULT_INITRD_ADDR_MAX + 1,
@@ -248,14 +247,14 @@ pub fn load(
     load_cmdline(mem, layout::CMDLINE_START, &cl).map_err(BootError::CmdlineWrite)?;
 
     if let PvhBootCapability::PvhEntryPresent(entry) = k.pvh_boot_cap {
-        write_pvh_info(mem, initrd, mem_size)?;
+        write_pvh_info(mem, initrd, guest)?;
         return Ok(BootEntry {
             mode: EntryMode::Pvh32,
             entry: entry.0,
             boot_info: layout::PVH_INFO_START.0,
         });
     }
-    let params = build_boot_params(k.setup_header, cmdline.len() + 1, initrd, mem_size);
+    let params = build_boot_params(k.setup_header, cmdline.len() + 1, initrd, guest);
     mem.write_obj(params, layout::ZERO_PAGE_START)?;
     let entry = if k.setup_header.is_some() {
         k.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET
@@ -296,13 +295,13 @@ mod tests {
                 addr: 0x100_0000,
                 size: 0x1234,
             }),
-            256 << 20,
+            &GuestLayout::new(256 << 20),
         );
         assert_eq!({ p.hdr.cmd_line_ptr }, layout::CMDLINE_START.0 as u32);
         assert_eq!({ p.hdr.ramdisk_image }, 0x100_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 0x1234);
         assert_eq!({ p.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
-        assert_eq!(p.e820_entries as usize, e820_map(256 << 20).len());
+        assert_eq!(p.e820_entries as usize, GuestLayout::new(256 << 20).e820().len());
         let last = p.e820_table[p.e820_entries as usize - 1];
         assert_eq!({ last.addr } + { last.size }, 256 << 20);
         assert_eq!({ last.r#type }, E820_RAM);
@@ -321,12 +320,13 @@ mod tests {
 
     #[test]
     fn rejects_non_kernel_files() {
-        let mem = crate::memory::create_guest_memory(64 << 20, false).unwrap();
+        let guest = GuestLayout::new(64 << 20);
+        let mem = crate::memory::create_guest_memory(&guest, false).unwrap();
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), vec![0u8; 8192]).unwrap();
-        let err = load(&mem, 64 << 20, f.path(), None, "console=ttyS0").unwrap_err();
+        let err = load(&mem, &guest, f.path(), None, "console=ttyS0").unwrap_err();
         assert!(matches!(err, BootError::NotAKernel(..)), "{err}");
-        let err = load(&mem, 64 << 20, Path::new("/nonexistent/k"), None, "").unwrap_err();
+        let err = load(&mem, &guest, Path::new("/nonexistent/k"), None, "").unwrap_err();
         assert!(matches!(err, BootError::Open(..)));
     }
 }

@@ -94,10 +94,133 @@ pub const MSI_GSI_START: u32 = 24;
 pub const IOAPIC_PINS: u32 = 24;
 
 /// Start of the 64-bit PCI window for a guest whose RAM ends at `ram_end`.
-pub fn pci_mmio64_start(ram_end: u64) -> u64 {
+fn pci_mmio64_start(ram_end: u64) -> u64 {
     const ALIGN: u64 = 1 << 30;
     let above_ram = ram_end.div_ceil(ALIGN) * ALIGN;
     above_ram.max(PCI_MMIO64_MIN_START.0)
+}
+
+/// A guest-physical range `[start, start + size)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Window {
+    /// First address.
+    pub start: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl Window {
+    /// The window `[start, start + size)`.
+    pub const fn new(start: u64, size: u64) -> Self {
+        Window { start, size }
+    }
+
+    /// One past the last address.
+    pub fn end(&self) -> u64 {
+        self.start + self.size
+    }
+
+    /// True if `[gpa, gpa + len)` lies inside the window (no overflow).
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        gpa >= self.start && gpa.checked_add(len).is_some_and(|end| end <= self.end())
+    }
+}
+
+/// The windows the PCI host bridge decodes for BARs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciWindows {
+    /// Below 4 GiB, in the hole under the 32-bit boundary.
+    pub mmio32: Window,
+    /// Above RAM, for large 64-bit BARs.
+    pub mmio64: Window,
+}
+
+impl PciWindows {
+    /// True if `[gpa, gpa + len)` lies in one of the windows.
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        self.mmio32.contains(gpa, len) || self.mmio64.contains(gpa, len)
+    }
+}
+
+/// One e820 entry type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum E820Kind {
+    /// Usable RAM.
+    Ram,
+    /// Reserved (BIOS area, ACPI tables, ECAM).
+    Reserved,
+}
+
+/// One e820 entry: start, length, kind.
+pub type E820Entry = (u64, u64, E820Kind);
+
+/// The guest's physical memory map for one RAM size, computed once and
+/// used by guest memory, the boot protocols, ACPI and the BAR allocator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestLayout {
+    ram: Vec<Window>,
+    pci: PciWindows,
+}
+
+impl GuestLayout {
+    /// The layout for `memory` bytes of RAM: below the 32-bit hole first,
+    /// the rest from 4 GiB up; the 64-bit PCI window above the end of RAM.
+    pub fn new(memory: u64) -> Self {
+        let low_end = MMIO32_HOLE_START.0;
+        let ram = if memory <= low_end {
+            vec![Window::new(0, memory)]
+        } else {
+            vec![
+                Window::new(0, low_end),
+                Window::new(RAM_64BIT_START.0, memory - low_end),
+            ]
+        };
+        let ram_end = ram.last().map_or(0, Window::end);
+        let pci = PciWindows {
+            mmio32: Window::new(PCI_MMIO32_START.0, PCI_MMIO32_SIZE),
+            mmio64: Window::new(pci_mmio64_start(ram_end), PCI_MMIO64_SIZE),
+        };
+        GuestLayout { ram, pci }
+    }
+
+    /// The RAM ranges, in address order.
+    pub fn ram(&self) -> &[Window] {
+        &self.ram
+    }
+
+    /// The end of RAM below the 32-bit hole (exclusive).
+    pub fn low_ram_end(&self) -> u64 {
+        self.ram[0].end()
+    }
+
+    /// The PCI windows.
+    pub fn pci(&self) -> PciWindows {
+        self.pci
+    }
+
+    /// The e820 map: low RAM below the EBDA, the reserved BIOS areas and
+    /// ECAM, then RAM from 1 MiB up.
+    pub fn e820(&self) -> Vec<E820Entry> {
+        let mut map = vec![
+            (0, EBDA_START.0, E820Kind::Ram),
+            (EBDA_START.0, 0xa0000 - EBDA_START.0, E820Kind::Reserved),
+            (
+                BIOS_AREA_START.0,
+                BIOS_AREA_END.0 - BIOS_AREA_START.0,
+                E820Kind::Reserved,
+            ),
+            // Linux uses ECAM only where the firmware reserved it.
+            (PCI_ECAM_START.0, PCI_ECAM_SIZE, E820Kind::Reserved),
+        ];
+        for w in &self.ram {
+            if w.start == 0 {
+                map.push((HIMEM_START.0, w.size - HIMEM_START.0, E820Kind::Ram));
+            } else {
+                map.push((w.start, w.size, E820Kind::Ram));
+            }
+        }
+        map
+    }
 }
 
 // The map is checked when the crate compiles: no two areas overlap.
@@ -123,5 +246,54 @@ mod tests {
         assert_eq!(pci_mmio64_start(0), PCI_MMIO64_MIN_START.0);
         let big = 100u64 << 30;
         assert_eq!(pci_mmio64_start(big + 1), 101 << 30);
+        let l = GuestLayout::new(big);
+        assert_eq!(l.pci().mmio64.start, 101 << 30, "RAM ends at 101 GiB (hole)");
+    }
+
+    #[test]
+    fn small_guest_is_one_range() {
+        let l = GuestLayout::new(512 << 20);
+        assert_eq!(l.ram(), &[Window::new(0, 512 << 20)]);
+        assert_eq!(l.low_ram_end(), 512 << 20);
+    }
+
+    #[test]
+    fn large_guest_is_split_around_the_hole() {
+        let l = GuestLayout::new(4 << 30);
+        assert_eq!(l.ram()[0], Window::new(0, 3 << 30));
+        assert_eq!(l.ram()[1], Window::new(4 << 30, 1 << 30));
+        assert_eq!(l.low_ram_end(), 3 << 30);
+        assert_eq!(l.pci().mmio32, Window::new(PCI_MMIO32_START.0, PCI_MMIO32_SIZE));
+    }
+
+    #[test]
+    fn e820_covers_ram_and_reserves_bios() {
+        let m = GuestLayout::new(256 << 20).e820();
+        let ram: u64 = m.iter().filter(|e| e.2 == E820Kind::Ram).map(|e| e.1).sum();
+        assert_eq!(ram, (256 << 20) - (HIMEM_START.0 - EBDA_START.0));
+        assert!(m
+            .iter()
+            .any(|e| e.0 == RSDP_START.0 && e.2 == E820Kind::Reserved));
+        assert!(m
+            .iter()
+            .any(|e| e.0 == PCI_ECAM_START.0 && e.2 == E820Kind::Reserved));
+        let mut sorted = m.clone();
+        sorted.sort();
+        for w in sorted.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "overlap in {w:?}");
+        }
+    }
+
+    #[test]
+    fn windows_bound_ranges_without_overflow() {
+        let w = Window::new(0xc000_0000, 0x1000_0000);
+        assert!(w.contains(0xc000_0000, 0x4000));
+        assert!(w.contains(0xcfff_c000, 0x4000));
+        assert!(!w.contains(0xcfff_d000, 0x4000), "straddles the end");
+        assert!(!w.contains(0x1000, 0x1000));
+        assert!(!w.contains(u64::MAX - 10, 0x1000), "no overflow");
+        let p = GuestLayout::new(1 << 30).pci();
+        assert!(p.contains(p.mmio64.start, 0x1000));
+        assert!(!p.contains(PCI_ECAM_START.0, 0x1000));
     }
 }

@@ -4,6 +4,7 @@
 use std::os::unix::fs::{symlink, PermissionsExt};
 
 use super::*;
+use crate::host::fake::{bdf, fake};
 
 macro_rules! assert_matches {
     ($e:expr, $p:pat $(if $g:expr)?) => {{
@@ -13,70 +14,16 @@ macro_rules! assert_matches {
     }};
 }
 
-struct Fake {
-    _dir: tempfile::TempDir,
-    p: HostPaths,
-}
-
-fn bdf(s: &str) -> Bdf {
-    s.parse().unwrap()
-}
-
-/// A host with /dev/kvm, /dev/vfio/vfio and no devices.
-fn fake() -> Fake {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let (sys, dev, proc) = (root.join("s"), root.join("d"), root.join("p"));
-    fs::create_dir_all(sys.join("bus/pci/devices")).unwrap();
-    fs::create_dir_all(dev.join("vfio")).unwrap();
-    fs::create_dir_all(&proc).unwrap();
-    let p = HostPaths { sys, dev, proc };
-    fs::write(p.dev.join("kvm"), "").unwrap();
-    fs::write(p.dev.join("vfio/vfio"), "").unwrap();
-    Fake { _dir: dir, p }
-}
-
-impl Fake {
-    /// Adds a device with an optional driver and IOMMU group (and its /dev node).
-    fn add(&self, addr: &str, driver: Option<&str>, group: Option<u32>) -> PathBuf {
-        let dev = self.p.sys.join("bus/pci/devices").join(addr);
-        fs::create_dir_all(&dev).unwrap();
-        if let Some(driver) = driver {
-            symlink(format!("../../drivers/{driver}"), dev.join("driver")).unwrap();
-        }
-        if let Some(group) = group {
-            let g = self.p.sys.join(format!("kernel/iommu_groups/{group}"));
-            fs::create_dir_all(g.join("devices")).unwrap();
-            symlink(&g, dev.join("iommu_group")).unwrap();
-            symlink(&dev, g.join("devices").join(addr)).unwrap();
-            fs::write(self.p.dev.join(format!("vfio/{group}")), "").unwrap();
-        }
-        dev
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let path = self.p.sys.join(rel);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, text).unwrap();
-    }
-
-    fn err(&self, addr: &str) -> HostError {
-        check_device(&self.p, bdf(addr)).unwrap_err()
-    }
-}
-
 #[test]
 fn good_devices_pass() {
     let f = fake();
     let dev = f.add("0000:03:02.1", Some("vfio-pci"), Some(42));
     symlink("../0000:03:00.0", dev.join("physfn")).unwrap();
     let got = check_device(&f.p, bdf("03:02.1")).unwrap();
-    let group_path = f.p.dev.join("vfio/42");
     let want = HostDevice {
         bdf: bdf("0000:03:02.1"),
         sysfs: dev,
         group: 42,
-        group_path,
         is_vf: true,
     };
     assert_eq!(got, want);
@@ -262,33 +209,4 @@ fn interrupt_remapping_detection_and_policy() {
     f.write("kernel/irq/3/chip_name", "AMD-IR-0\n");
     fs::write(&interrupts, "").unwrap();
     assert_eq!(interrupt_remapping(&f.p), IrqRemap::Enabled);
-}
-
-#[test]
-fn preflight_runs_checks_in_order() {
-    let f = fake();
-    let mut cfg = VmConfig::new("/k");
-    let ok = |_: u64| Ok(());
-    assert!(preflight_with(&f.p, &cfg, ok).unwrap().is_empty());
-    cfg.devices = vec![bdf("0000:03:02.1"), bdf("0000:03:02.2")];
-    // Device problems come first, then memlock, then interrupt remapping.
-    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
-    assert_matches!(err, HostError::DeviceNotFound(_));
-    f.add("0000:03:02.1", Some("vfio-pci"), Some(1));
-    f.add("0000:03:02.2", Some("vfio-pci"), Some(1));
-    let low = |need| Err(HostError::MemlockTooLow { limit: 0, need });
-    let err = preflight_with(&f.p, &cfg, low).unwrap_err();
-    assert_matches!(err, HostError::MemlockTooLow { need, .. } if *need == cfg.memory);
-    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
-    assert_matches!(err, HostError::NoInterruptRemapping { .. });
-    cfg.allow_unsafe_interrupts = true;
-    let devices = preflight_with(&f.p, &cfg, ok).unwrap();
-    assert_eq!(devices.iter().map(|d| d.group).collect::<Vec<_>>(), [1, 1]);
-    cfg.devices.push(bdf("03:02.1"));
-    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
-    assert_matches!(err, HostError::DuplicateDevice(_));
-    fs::remove_file(f.p.dev.join("kvm")).unwrap();
-    cfg.devices.clear();
-    let err = preflight_with(&f.p, &cfg, ok).unwrap_err();
-    assert_matches!(err, HostError::KvmUnavailable { .. });
 }

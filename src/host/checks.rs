@@ -1,8 +1,9 @@
-//! Host pre-flight checks, run before touching KVM: is each device bound to
-//! vfio-pci in a viable, IOMMU-backed group with its `/dev/vfio` node, is
-//! `/dev/kvm` usable, is RLIMIT_MEMLOCK high enough, and does the IOMMU
-//! remap interrupts. All paths are rooted at [`HostPaths`] so tests can use
-//! a fake sysfs tree.
+//! The host checks, each on its own: is a device bound to vfio-pci in a
+//! viable, IOMMU-backed group with its `/dev/vfio` node, is `/dev/kvm`
+//! usable, is RLIMIT_MEMLOCK high enough, and does the IOMMU remap
+//! interrupts. [`super::preflight`] runs them in one order for `run` and
+//! `check`. All paths are rooted at [`HostPaths`] so tests can use a fake
+//! sysfs tree.
 
 use std::fs;
 use std::io;
@@ -10,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::config::{format_size, VmConfig};
-use crate::pci_addr::Bdf;
+use super::bdf::Bdf;
+use crate::config::format_size;
 
 /// The driver a passed-through device must be bound to.
 const VFIO_PCI: &str = "vfio-pci";
@@ -52,8 +53,6 @@ pub struct HostDevice {
     pub sysfs: PathBuf,
     /// IOMMU group number.
     pub group: u32,
-    /// `<dev>/vfio/<group>`.
-    pub group_path: PathBuf,
     /// Whether the device is an SR-IOV virtual function (has a `physfn` link).
     pub is_vf: bool,
 }
@@ -83,9 +82,6 @@ impl IrqRemap {
 /// Host problems that prevent passthrough; each message says what to do.
 #[derive(Debug, Error)]
 pub enum HostError {
-    /// The same device is listed twice.
-    #[error("PCI device {0} is listed twice: list each device once")]
-    DuplicateDevice(Bdf),
     /// No such device in sysfs.
     #[error("PCI device {0} not found: check the address with `lspci -D`")]
     DeviceNotFound(Bdf),
@@ -246,9 +242,8 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
         return Err(HostError::GroupNotViable { bdf, group, others });
     }
 
-    let group_path = p.dev.join("vfio").join(group.to_string());
-    if !group_path.exists() {
-        let path = group_path;
+    let path = p.dev.join("vfio").join(group.to_string());
+    if !path.exists() {
         return Err(HostError::GroupNodeMissing { bdf, group, path });
     }
     let container = p.dev.join("vfio/vfio");
@@ -260,7 +255,6 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
         bdf,
         sysfs,
         group,
-        group_path,
         is_vf,
     })
 }
@@ -365,39 +359,6 @@ pub fn check_interrupt_remapping(p: &HostPaths, allow_unsafe: bool) -> Result<Ir
     }
 }
 
-/// All checks for `cfg`: duplicates, KVM, and, when there are devices,
-/// memlock, interrupt remapping (logging a warning if unsafe) and each device.
-pub fn preflight(p: &HostPaths, cfg: &VmConfig) -> Result<Vec<HostDevice>, HostError> {
-    preflight_with(p, cfg, check_memlock)
-}
-
-fn preflight_with(
-    p: &HostPaths,
-    cfg: &VmConfig,
-    memlock: impl Fn(u64) -> Result<(), HostError>,
-) -> Result<Vec<HostDevice>, HostError> {
-    for (i, bdf) in cfg.devices.iter().enumerate() {
-        if cfg.devices[..i].contains(bdf) {
-            return Err(HostError::DuplicateDevice(*bdf));
-        }
-    }
-    check_kvm(p)?;
-    if cfg.devices.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Device problems first: they are the most specific and the most common.
-    let devices = cfg
-        .devices
-        .iter()
-        .map(|&bdf| check_device(p, bdf))
-        .collect::<Result<Vec<_>, _>>()?;
-    memlock(cfg.memory)?;
-    if let Some(warning) = check_interrupt_remapping(p, cfg.allow_unsafe_interrupts)?.warning() {
-        log::warn!("{warning}");
-    }
-    Ok(devices)
-}
-
 #[cfg(test)]
-#[path = "host_tests.rs"]
+#[path = "checks_tests.rs"]
 mod tests;

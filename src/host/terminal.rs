@@ -8,7 +8,7 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use super::serial::SerialConsole;
+use crate::devices::serial::SerialConsole;
 use crate::exit::{ExitReason, ExitSignal};
 
 const STDIN_FD: libc::c_int = 0;
@@ -138,10 +138,7 @@ pub fn spawn_input(
                 }
                 let mut rest = &input[..];
                 while !rest.is_empty() && !exit.requested() {
-                    let taken = serial
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .enqueue_input(rest);
+                    let taken = crate::sync::lock(&serial).enqueue_input(rest);
                     rest = &rest[taken..];
                     if !rest.is_empty() {
                         std::thread::sleep(std::time::Duration::from_millis(2));

@@ -1,0 +1,49 @@
+//! What each subcommand does, from parsed arguments to an exit code; every
+//! failure becomes one line on stderr.
+
+use crate::cli::{CheckArgs, Cli, Command, RunArgs};
+use crate::error::{error_chain, Error};
+use crate::exit::ExitReason;
+use crate::host::checks::HostPaths;
+use crate::host::preflight::{self, Request};
+use crate::{intake, vmm};
+
+fn run(args: RunArgs, env: &[(String, String)]) -> Result<ExitReason, Error> {
+    let cfg = args.into_config(env)?;
+    let req = Request {
+        devices: &cfg.devices,
+        memory: cfg.memory,
+        allow_unsafe_interrupts: cfg.allow_unsafe_interrupts,
+    };
+    let devices = preflight::preflight(&HostPaths::default(), &req)?;
+    Ok(vmm::run(&cfg, &devices)?)
+}
+
+fn check(args: CheckArgs, env: &[(String, String)]) -> Result<i32, Error> {
+    let devices = args.devices(env)?;
+    let req = Request {
+        devices: &devices,
+        memory: args.memory,
+        allow_unsafe_interrupts: args.allow_unsafe_interrupts,
+    };
+    Ok(preflight::report(&HostPaths::default(), &req, &mut std::io::stdout()))
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn execute(cli: Cli) -> i32 {
+    let env = intake::process_env();
+    let result = match cli.command {
+        Command::Run(args) => run(args, &env).map(|reason| {
+            let code = reason.exit_code();
+            if code != 0 {
+                eprintln!("vflaunch: {reason} (exit code {code})");
+            }
+            code
+        }),
+        Command::Check(args) => check(args, &env),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("vflaunch: error: {}", error_chain(&e));
+        e.exit_code()
+    })
+}

@@ -1,0 +1,10 @@
+//! The host side: device addresses (`bdf`), the host checks (`checks`) and
+//! the one pre-flight sequence over them (`preflight`), and the terminal the
+//! guest console runs on (`terminal`).
+
+pub mod bdf;
+pub mod checks;
+#[cfg(test)]
+pub mod fake;
+pub mod preflight;
+pub mod terminal;

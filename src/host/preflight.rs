@@ -1,0 +1,212 @@
+//! The one pre-flight sequence, for `vflaunch run` (stop at the first
+//! failure) and `vflaunch check` (print every check, one line each). The
+//! order: each device (the most specific and most common problems), then
+//! `/dev/kvm`, RLIMIT_MEMLOCK and interrupt remapping.
+
+use std::io::Write;
+
+use super::bdf::Bdf;
+use super::checks::{self, HostDevice, HostError, HostPaths, IrqRemap};
+use crate::error::exit_code;
+
+/// What the checks are run for.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Devices to pass through.
+    pub devices: &'a [Bdf],
+    /// Guest RAM that VFIO will pin, in bytes.
+    pub memory: u64,
+    /// Accept a host without interrupt remapping.
+    pub allow_unsafe_interrupts: bool,
+}
+
+/// How one check came out.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Passed.
+    Ok,
+    /// Passed, with something the operator should know.
+    Warn(&'static str),
+    /// Failed.
+    Failed(HostError),
+}
+
+/// One check: what it looked at, and the outcome.
+#[derive(Debug)]
+pub struct Check {
+    /// What was checked (a BDF, "/dev/kvm", ...).
+    pub name: String,
+    /// How it came out.
+    pub outcome: Outcome,
+}
+
+fn outcome<T>(r: Result<T, HostError>, warn: impl FnOnce(T) -> Option<&'static str>) -> Outcome {
+    match r {
+        Ok(v) => warn(v).map_or(Outcome::Ok, Outcome::Warn),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Runs every check for `req`; returns them in order and the devices that passed.
+pub fn run_checks(
+    p: &HostPaths,
+    req: &Request,
+    memlock: impl Fn(u64) -> Result<(), HostError>,
+) -> (Vec<Check>, Vec<HostDevice>) {
+    let mut out = Vec::new();
+    let mut devices = Vec::new();
+    for &bdf in req.devices {
+        let r = checks::check_device(p, bdf).map(|d| {
+            let warning = (!d.is_vf).then_some("not an SR-IOV VF (passthrough still works)");
+            devices.push(d);
+            warning
+        });
+        out.push(Check {
+            name: bdf.to_string(),
+            outcome: outcome(r, |w| w),
+        });
+    }
+    out.push(Check {
+        name: "/dev/kvm".into(),
+        outcome: outcome(checks::check_kvm(p), |()| None),
+    });
+    if req.devices.is_empty() {
+        return (out, devices);
+    }
+    out.push(Check {
+        name: "locked memory".into(),
+        outcome: outcome(memlock(req.memory), |()| None),
+    });
+    let remap = checks::check_interrupt_remapping(p, req.allow_unsafe_interrupts);
+    out.push(Check {
+        name: "interrupt remapping".into(),
+        outcome: outcome(remap, IrqRemap::warning),
+    });
+    (out, devices)
+}
+
+/// The checks for `vflaunch run`: the first failure, or the checked devices
+/// (warnings are logged).
+pub fn preflight(p: &HostPaths, req: &Request) -> Result<Vec<HostDevice>, HostError> {
+    preflight_with(p, req, checks::check_memlock)
+}
+
+fn preflight_with(
+    p: &HostPaths,
+    req: &Request,
+    memlock: impl Fn(u64) -> Result<(), HostError>,
+) -> Result<Vec<HostDevice>, HostError> {
+    let (list, devices) = run_checks(p, req, memlock);
+    for c in list {
+        match c.outcome {
+            Outcome::Ok => {}
+            Outcome::Warn(w) => log::warn!("{}: {w}", c.name),
+            Outcome::Failed(e) => return Err(e),
+        }
+    }
+    Ok(devices)
+}
+
+/// `vflaunch check`: writes one line per check to `out`; returns the exit
+/// code (0 all passed, [`exit_code::HOST`] something failed).
+pub fn report(p: &HostPaths, req: &Request, out: &mut dyn Write) -> i32 {
+    let (mut list, _) = run_checks(p, req, checks::check_memlock);
+    if req.devices.is_empty() {
+        list.push(Check {
+            name: "devices".into(),
+            outcome: Outcome::Warn("none given (--device, PCIDEVICE_* or network-info)"),
+        });
+    }
+    let mut failed = false;
+    for c in list {
+        let _ = match c.outcome {
+            Outcome::Ok => writeln!(out, "ok      {}", c.name),
+            Outcome::Warn(w) => writeln!(out, "WARN    {}: {w}", c.name),
+            Outcome::Failed(e) => {
+                failed = true;
+                writeln!(out, "FAILED  {}: {e}", c.name)
+            }
+        };
+    }
+    if failed {
+        exit_code::HOST
+    } else {
+        exit_code::OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::host::fake::{bdf, fake};
+
+    fn req(devices: &[Bdf]) -> Request<'_> {
+        Request {
+            devices,
+            memory: 64 << 20,
+            allow_unsafe_interrupts: false,
+        }
+    }
+
+    #[test]
+    fn run_stops_at_the_first_failure_in_order() {
+        let f = fake();
+        let ok = |_: u64| Ok(());
+        assert!(preflight_with(&f.p, &req(&[]), ok).unwrap().is_empty());
+        let devices = [bdf("0000:03:02.1"), bdf("0000:03:02.2")];
+        // Device problems come first, even before a missing /dev/kvm.
+        fs::remove_file(f.p.dev.join("kvm")).unwrap();
+        let err = preflight_with(&f.p, &req(&devices), ok).unwrap_err();
+        assert!(matches!(err, HostError::DeviceNotFound(_)), "{err}");
+        f.add("0000:03:02.1", Some("vfio-pci"), Some(1));
+        f.add("0000:03:02.2", Some("vfio-pci"), Some(1));
+        let err = preflight_with(&f.p, &req(&devices), ok).unwrap_err();
+        assert!(matches!(err, HostError::KvmUnavailable { .. }), "{err}");
+        fs::write(f.p.dev.join("kvm"), "").unwrap();
+        // Then memlock, then interrupt remapping.
+        let low = |need| Err(HostError::MemlockTooLow { limit: 0, need });
+        let err = preflight_with(&f.p, &req(&devices), low).unwrap_err();
+        assert!(matches!(err, HostError::MemlockTooLow { need, .. } if need == 64 << 20));
+        let err = preflight_with(&f.p, &req(&devices), ok).unwrap_err();
+        assert!(matches!(err, HostError::NoInterruptRemapping { .. }), "{err}");
+        let unsafe_ok = Request {
+            allow_unsafe_interrupts: true,
+            ..req(&devices)
+        };
+        let got = preflight_with(&f.p, &unsafe_ok, ok).unwrap();
+        assert_eq!(got.iter().map(|d| d.group).collect::<Vec<_>>(), [1, 1]);
+    }
+
+    #[test]
+    fn check_prints_every_problem_once_in_the_same_order() {
+        let f = fake();
+        fs::remove_file(f.p.dev.join("kvm")).unwrap();
+        f.add("0000:03:02.2", Some("vfio-pci"), Some(1));
+        let devices = [bdf("0000:03:02.1"), bdf("0000:03:02.2")];
+        let mut out = Vec::new();
+        let code = report(&f.p, &req(&devices), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(code, exit_code::HOST, "{text}");
+        let heads: Vec<&str> = text
+            .lines()
+            .map(|l| l.split(':').next().unwrap_or(""))
+            .collect();
+        assert_eq!(heads[0], "FAILED  0000");
+        assert!(text.lines().next().unwrap().contains("not found"), "{text}");
+        assert!(text.lines().nth(1).unwrap().starts_with("WARN    0000:03:02.2: not an SR-IOV VF"));
+        assert!(text.lines().nth(2).unwrap().starts_with("FAILED  /dev/kvm"));
+        assert!(text.lines().nth(4).unwrap().starts_with("FAILED  interrupt remapping"));
+        assert_eq!(text.lines().count(), 5, "{text}");
+    }
+
+    #[test]
+    fn no_devices_only_checks_kvm() {
+        let f = fake();
+        let mut out = Vec::new();
+        assert_eq!(report(&f.p, &req(&[]), &mut out), exit_code::OK);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "ok      /dev/kvm\nWARN    devices: none given (--device, PCIDEVICE_* or network-info)\n");
+    }
+}

@@ -1,0 +1,124 @@
+//! Where BARs live in the guest: the PCI windows, the memory slots of BAR
+//! areas mapped straight through (through [`GuestMapper`]) and the MMIO bus
+//! on which trapped BAR ranges are registered. The PCI root owns this and
+//! applies the BAR moves that devices report; devices only report them.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use super::root::SharedPciDevice;
+use super::{BarMove, PciDevice, TrapRange};
+use crate::arch::x86_64::layout::PciWindows;
+use crate::devices::bus::{Bus, BusDevice, BusError};
+use crate::sync::lock;
+use crate::vm::GuestMapper;
+
+/// Sends guest accesses to one trapped BAR range to its device.
+struct BarTrap {
+    dev: SharedPciDevice,
+    base: u64,
+}
+
+impl BusDevice for BarTrap {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.dev).read_bar(self.base + offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.dev).write_bar(self.base + offset, data);
+    }
+}
+
+/// The BAR part of the guest physical address space.
+pub struct BarSpace {
+    windows: PciWindows,
+    mapper: Arc<dyn GuestMapper>,
+    // Weak: the MMIO bus holds the ECAM window, which holds the PCI root,
+    // which holds this.
+    mmio: Weak<Bus>,
+}
+
+impl BarSpace {
+    /// BARs in `windows`, direct mappings through `mapper`, traps on `mmio`.
+    pub fn new(windows: PciWindows, mapper: Arc<dyn GuestMapper>, mmio: &Arc<Bus>) -> Self {
+        BarSpace {
+            windows,
+            mapper,
+            mmio: Arc::downgrade(mmio),
+        }
+    }
+
+    /// The memory-slot side, for devices that map BAR areas when they are built.
+    pub fn mapper(&self) -> &dyn GuestMapper {
+        &*self.mapper
+    }
+
+    /// Registers the trapped ranges of `dev` on the MMIO bus.
+    pub fn attach(&self, dev: &SharedPciDevice) -> Result<(), BusError> {
+        let ranges = lock(dev).trapped_ranges();
+        self.add_traps(dev, &ranges)
+    }
+
+    fn add_traps(&self, dev: &SharedPciDevice, ranges: &[TrapRange]) -> Result<(), BusError> {
+        let Some(bus) = self.mmio.upgrade() else {
+            return Ok(()); // the VM is being torn down
+        };
+        for &TrapRange { addr: base, len, .. } in ranges {
+            let trap: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(BarTrap {
+                dev: dev.clone(),
+                base,
+            }));
+            bus.insert(base, len, trap)?;
+            log::debug!("{}: trapping {base:#x}+{len:#x}", lock(dev).name());
+        }
+        Ok(())
+    }
+
+    /// Applies the BAR moves `d` (the locked `dev`) reported: a move inside
+    /// the PCI windows takes the device's memory slots and traps along; any
+    /// other move is refused and the BAR stays where it was.
+    pub fn apply(&self, dev: &SharedPciDevice, d: &mut dyn PciDevice, moves: &[BarMove]) {
+        for mv in moves {
+            if !self.windows.contains(mv.to, mv.size) {
+                log::error!(
+                    "{}: guest moved BAR{} to {:#x}, outside the PCI windows; it stays at {:#x}",
+                    d.name(),
+                    mv.bar,
+                    mv.to,
+                    mv.from
+                );
+                continue;
+            }
+            let of_bar = |d: &dyn PciDevice| -> Vec<TrapRange> {
+                let mut r = d.trapped_ranges();
+                r.retain(|t| t.bar == mv.bar);
+                r
+            };
+            if let Some(bus) = self.mmio.upgrade() {
+                for t in of_bar(d) {
+                    bus.remove(t.addr);
+                }
+            }
+            match d.move_bar(mv, &*self.mapper) {
+                Ok(()) => log::info!(
+                    "{}: BAR{} moved from {:#x} to {:#x}",
+                    d.name(),
+                    mv.bar,
+                    mv.from,
+                    mv.to
+                ),
+                Err(e) => log::error!(
+                    "{}: moving BAR{} to {:#x} failed: {}",
+                    d.name(),
+                    mv.bar,
+                    mv.to,
+                    crate::error::error_chain(&e)
+                ),
+            }
+            // The traps go where the device now says its BAR is (still the
+            // old place if the slots could not move).
+            if let Err(e) = self.add_traps(dev, &of_bar(d)) {
+                log::error!("{}: BAR{} traps: {e}", d.name(), mv.bar);
+            }
+        }
+    }
+}

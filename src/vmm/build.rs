@@ -1,0 +1,215 @@
+//! The build steps of a [`Vmm`], in boot order. Each step adds what it
+//! builds to the `Vmm` at once, so a failure in a later step leaves a value
+//! whose `Drop` tears down exactly what exists.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{VmState, Vmm, VmmError};
+use crate::arch::x86_64::layout::{self, GuestLayout};
+use crate::arch::x86_64::{acpi, boot};
+use crate::config::VmConfig;
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::bus::{Buses, SharedDevice};
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{SerialConsole, Unbuffered};
+use crate::exit::ExitSignal;
+use crate::host::checks::HostDevice;
+use crate::interrupts::KvmMsiRouter;
+use crate::memory;
+use crate::pci::bar::BarAllocator;
+use crate::pci::bar_space::BarSpace;
+use crate::pci::root::{PciEcam, PciRoot};
+use crate::sync::lock;
+use crate::vcpu::{Vcpu, VcpuControl};
+use crate::vfio::container::Container;
+use crate::vfio::pci_device::{VfioPciDevice, VfioProbe};
+use crate::vfio::VfioBackend;
+use crate::vm::{self, KvmGuestMapper};
+
+fn eventfd() -> Result<EventFd, VmmError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Os("cannot create an eventfd", e))
+}
+
+impl Vmm {
+    /// KVM, the VM with its irqchip and PIT, and guest RAM in its memory slots.
+    pub(super) fn create_vm(cfg: &VmConfig) -> Result<Self, VmmError> {
+        let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+        let vm = Arc::new(vm::create_vm(&kvm)?);
+        let guest = GuestLayout::new(cfg.memory);
+        let mem = memory::create_guest_memory(&guest, cfg.hugepages)?;
+        let pages = if cfg.hugepages {
+            "2 MiB huge pages"
+        } else {
+            "4 KiB pages"
+        };
+        log::info!("guest RAM: {} MiB in {pages}", cfg.memory >> 20);
+        KvmGuestMapper::new(vm.clone()).register_ram(&mem)?;
+        let exit =
+            Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
+        Ok(Vmm {
+            state: VmState::Created,
+            cpus: cfg.cpus,
+            memory: cfg.memory,
+            boot_entry: None,
+            vcpus: Vec::new(),
+            running: None,
+            control: VcpuControl::new(exit.clone()),
+            terminal: None,
+            signals: None,
+            serial: None,
+            vfio: Vec::new(),
+            router: None,
+            bars: None,
+            container: None,
+            root: None,
+            buses: Arc::new(Buses::default()),
+            exit,
+            started: None,
+            teardown: Vec::new(),
+            #[cfg(test)]
+            fail_after_vcpus_start: false,
+            mem,
+            vm,
+            _kvm: kvm,
+        })
+    }
+
+    /// The kernel and the firmware tables, before any device is touched: a
+    /// bad kernel path or format fails here, with nothing to undo.
+    pub(super) fn load_kernel(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
+        let guest = GuestLayout::new(self.memory);
+        let entry = boot::load(
+            &self.mem,
+            &guest,
+            &cfg.kernel,
+            cfg.initramfs.as_deref(),
+            &cfg.cmdline,
+        )?;
+        log::info!("kernel entry {:#x} ({:?})", entry.entry, entry.mode);
+        acpi::write_tables(&self.mem, cfg.cpus, guest.pci())?;
+        self.boot_entry = Some(entry);
+        Ok(())
+    }
+
+    fn add_pio(&self, port: u16, len: u16, dev: SharedDevice) -> Result<(), VmmError> {
+        self.buses
+            .pio
+            .insert(u64::from(port), u64::from(len), dev)
+            .map_err(VmmError::Bus)
+    }
+
+    /// COM1 (console on stdout), the i8042 reset port and the ACPI PM register.
+    pub(super) fn attach_legacy_devices(&mut self) -> Result<(), VmmError> {
+        let serial_irq = eventfd()?;
+        self.vm
+            .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+            .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
+        let out = Box::new(Unbuffered(std::io::stdout()));
+        let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
+        self.add_pio(layout::SERIAL_PORT, layout::SERIAL_PORT_LEN, serial.clone())?;
+        self.serial = Some(serial);
+        let i8042 = Arc::new(Mutex::new(I8042::new(self.exit.clone())));
+        self.add_pio(layout::I8042_PORT, layout::I8042_PORT_LEN, i8042)?;
+        let pm = Arc::new(Mutex::new(AcpiPm::new(self.exit.clone())));
+        self.add_pio(layout::ACPI_PM_PORT, layout::ACPI_PM_PORT_LEN, pm)
+    }
+
+    /// The PCI host bridge on the config ports and ECAM, its BARs in the
+    /// windows of the guest layout.
+    pub(super) fn attach_pci(&mut self) -> Result<(), VmmError> {
+        let windows = GuestLayout::new(self.memory).pci();
+        let mapper = Arc::new(KvmGuestMapper::new(self.vm.clone()));
+        let space = BarSpace::new(windows, mapper, &self.buses.mmio);
+        let root = Arc::new(Mutex::new(PciRoot::new(space)));
+        let port = (layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT_LEN);
+        self.add_pio(port.0, port.1, root.clone())?;
+        let ecam = Arc::new(Mutex::new(PciEcam(root.clone())));
+        self.buses
+            .mmio
+            .insert(layout::PCI_ECAM_START.0, layout::PCI_ECAM_SIZE, ecam)
+            .map_err(VmmError::Bus)?;
+        self.root = Some(root);
+        self.bars = Some(BarAllocator::new(windows));
+        Ok(())
+    }
+
+    /// Opens each device through one VFIO container and puts it on the bus.
+    pub(super) fn attach_vfio_devices(&mut self, devices: &[HostDevice]) -> Result<(), VmmError> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        self.container = Some(Container::new(&self.vm)?);
+        for d in devices {
+            let name = d.bdf.to_string();
+            let container = self.container.as_ref().ok_or(VmmError::State(self.state, "open a device"))?;
+            let backend = Arc::new(container.open_device(&name, &d.sysfs)?);
+            self.attach_backend(&name, backend)?;
+            log::info!("{name}: IOMMU group {}", d.group);
+        }
+        Ok(())
+    }
+
+    /// Places the BARs of one function, builds its model and puts it in a slot.
+    pub(super) fn attach_backend(
+        &mut self,
+        name: &str,
+        backend: Arc<dyn VfioBackend>,
+    ) -> Result<(), VmmError> {
+        let router = self
+            .router
+            .get_or_insert_with(|| Arc::new(KvmMsiRouter::new(self.vm.clone())))
+            .clone();
+        let (Some(root), Some(bars)) = (self.root.clone(), self.bars.as_mut()) else {
+            return Err(VmmError::State(self.state, "attach a device before the PCI root"));
+        };
+        let probe = VfioProbe::new(name, &*backend);
+        let placed = probe
+            .bar_requests()
+            .iter()
+            .map(|r| bars.place(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| VmmError::BarSpace(name.to_string(), e))?;
+        let mut root = lock(&root);
+        let dev = VfioPciDevice::new(name, backend, probe, placed, router, root.space().mapper())?;
+        let dev = Arc::new(Mutex::new(dev));
+        self.vfio.push(dev.clone());
+        let slot = root.add_device(dev)?;
+        log::info!("{name}: passed through as guest PCI 0000:00:{slot:02x}.0");
+        Ok(())
+    }
+
+    /// Pins guest RAM and maps it for device DMA (IOVA = guest physical).
+    pub(super) fn map_dma(&mut self) -> Result<(), VmmError> {
+        let Some(c) = self.container.as_mut() else {
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        c.map_guest_memory(&self.mem)?;
+        log::info!(
+            "guest RAM ({} MiB) pinned and mapped for device DMA in {} ms",
+            self.memory >> 20,
+            t.elapsed().as_millis()
+        );
+        Ok(())
+    }
+
+    /// Creates and configures the vCPUs; vCPU 0 gets the boot state.
+    pub(super) fn create_vcpus(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
+        let supported = self
+            ._kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmmError::VmSetup("read supported CPUID", e))?;
+        let entry = self
+            .boot_entry
+            .ok_or(VmmError::State(self.state, "create vCPUs before loading the kernel"))?;
+        for id in 0..cfg.cpus {
+            let v = Vcpu::new(&self.vm, &self.mem, &supported, id, cfg.cpus, &entry)?;
+            self.vcpus.push(v);
+        }
+        Ok(())
+    }
+}

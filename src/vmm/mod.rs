@@ -1,0 +1,285 @@
+//! The owner of the running VM. [`Vmm`] holds every resource — KVM and the
+//! VM fd, guest memory, the buses, the PCI root, the VFIO container and
+//! devices, the vCPU threads — and tears them down in one order on every
+//! path: an explicit [`Vmm::shutdown`], or its `Drop` after an error. It is
+//! built in named steps (`build.rs`), then booted, paused and resumed,
+//! waited on, and shut down; these are the states an API server drives.
+
+mod build;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::x86_64::boot::BootEntry;
+use crate::config::VmConfig;
+use crate::interrupts::KvmMsiRouter;
+use crate::pci::bar::BarAllocator;
+use crate::devices::bus::Buses;
+use crate::devices::serial::SerialConsole;
+use crate::exit::{self, ExitReason, ExitSignal, SignalHandlers};
+use crate::host::checks::HostDevice;
+use crate::host::terminal::{self, RawTerminal};
+use crate::pci::root::PciRoot;
+use crate::sync::lock;
+use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
+use crate::vfio::container::Container;
+use crate::vfio::pci_device::VfioPciDevice;
+
+/// Errors building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm")]
+    Kvm(#[source] kvm_ioctls::Error),
+    /// A VM-level KVM ioctl failed.
+    #[error("kvm: cannot {0}")]
+    VmSetup(&'static str, #[source] kvm_ioctls::Error),
+    /// VM creation or its memory slots.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    /// Kernel loading.
+    #[error(transparent)]
+    Boot(#[from] crate::arch::x86_64::boot::BootError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] crate::arch::x86_64::acpi::AcpiError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    /// Device registration.
+    #[error("cannot register a device")]
+    Bus(#[source] crate::devices::bus::BusError),
+    /// PCI.
+    #[error(transparent)]
+    Pci(#[from] crate::pci::root::PciError),
+    /// BAR placement.
+    #[error("{0}")]
+    BarSpace(String, #[source] crate::pci::bar::NoBarSpace),
+    /// VFIO container/device.
+    #[error(transparent)]
+    Container(#[from] crate::vfio::container::ContainerError),
+    /// VFIO device model.
+    #[error(transparent)]
+    VfioPci(#[from] crate::vfio::pci_device::VfioPciError),
+    /// The request does not fit the VM's state.
+    #[error("the VM is {0:?}: cannot {1}")]
+    State(VmState, &'static str),
+    /// Eventfd/thread/OS plumbing.
+    #[error("{0}")]
+    Os(&'static str, #[source] std::io::Error),
+}
+
+/// Where the VM is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Built, vCPUs not started.
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked outside the guest.
+    Paused,
+    /// Torn down.
+    Stopped,
+}
+
+/// The running VM and everything it owns.
+pub struct Vmm {
+    state: VmState,
+    cpus: u8,
+    memory: u64,
+    boot_entry: Option<BootEntry>,
+    vcpus: Vec<Vcpu>,
+    running: Option<VcpuSet>,
+    control: Arc<VcpuControl>,
+    terminal: Option<RawTerminal>,
+    signals: Option<SignalHandlers>,
+    serial: Option<Arc<Mutex<SerialConsole>>>,
+    vfio: Vec<Arc<Mutex<VfioPciDevice>>>,
+    router: Option<Arc<KvmMsiRouter>>,
+    bars: Option<BarAllocator>,
+    container: Option<Container>,
+    root: Option<Arc<Mutex<PciRoot>>>,
+    buses: Arc<Buses>,
+    exit: Arc<ExitSignal>,
+    started: Option<Instant>,
+    /// Tear-down steps, in order (read by tests).
+    teardown: Vec<&'static str>,
+    #[cfg(test)]
+    fail_after_vcpus_start: bool,
+    // Declared last: dropped after everything that maps or pins them.
+    mem: GuestMemoryMmap,
+    vm: Arc<VmFd>,
+    _kvm: Kvm,
+}
+
+impl Vmm {
+    /// Builds the VM described by `cfg` with the checked `devices`: memory,
+    /// kernel and firmware tables, legacy devices, PCI and VFIO, DMA map, vCPUs.
+    pub fn new(cfg: &VmConfig, devices: &[HostDevice]) -> Result<Self, VmmError> {
+        let started = Instant::now();
+        let mut vmm = Vmm::create_vm(cfg)?;
+        vmm.load_kernel(cfg)?;
+        vmm.attach_legacy_devices()?;
+        vmm.attach_pci()?;
+        vmm.attach_vfio_devices(devices)?;
+        vmm.map_dma()?;
+        vmm.create_vcpus(cfg)?;
+        log::info!("VM built in {} ms", started.elapsed().as_millis());
+        Ok(vmm)
+    }
+
+    /// The VM's state.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    /// The stop request that devices, vCPUs, signals and callers share.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    pub fn exit_signal(&self) -> &Arc<ExitSignal> {
+        &self.exit
+    }
+
+    /// Starts the vCPUs and the console: Created → Running.
+    pub fn boot(&mut self) -> Result<(), VmmError> {
+        if self.state != VmState::Created {
+            return Err(VmmError::State(self.state, "boot"));
+        }
+        vcpu::install_kick_handler()?;
+        self.signals = Some(
+            SignalHandlers::install(&self.exit)
+                .map_err(|e| VmmError::Os("cannot install signal handlers", e))?,
+        );
+        let term = RawTerminal::enter();
+        let raw = term.is_raw();
+        self.terminal = Some(term);
+        log::info!("starting {} vCPU(s)", self.cpus);
+        self.started = Some(Instant::now());
+        let vcpus = std::mem::take(&mut self.vcpus);
+        self.running = Some(VcpuSet::start(vcpus, &self.buses, self.control.clone())?);
+        self.state = VmState::Running;
+        #[cfg(test)]
+        if self.fail_after_vcpus_start {
+            let e = std::io::Error::other("injected by a test");
+            return Err(VmmError::Os("cannot start the console input thread", e));
+        }
+        if let Some(serial) = &self.serial {
+            terminal::spawn_input(serial.clone(), self.exit.clone(), raw)
+                .map_err(|e| VmmError::Os("cannot start the console input thread", e))?;
+        }
+        Ok(())
+    }
+
+    /// Parks the vCPUs: Running → Paused.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    pub fn pause(&mut self) -> Result<(), VmmError> {
+        match (&self.running, self.state) {
+            (Some(set), VmState::Running) => {
+                if !set.pause() {
+                    log::warn!("not every vCPU parked in time");
+                }
+                self.state = VmState::Paused;
+                Ok(())
+            }
+            _ => Err(VmmError::State(self.state, "pause")),
+        }
+    }
+
+    /// Lets the vCPUs run again: Paused → Running.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    pub fn resume(&mut self) -> Result<(), VmmError> {
+        match (&self.running, self.state) {
+            (Some(set), VmState::Paused) => {
+                set.resume();
+                self.state = VmState::Running;
+                Ok(())
+            }
+            _ => Err(VmmError::State(self.state, "resume")),
+        }
+    }
+
+    /// Blocks until the guest stops or a stop is requested; returns why.
+    pub fn wait(&self) -> ExitReason {
+        exit::wait(&self.exit)
+    }
+
+    /// Tears everything down, in order: vCPUs stopped, terminal restored,
+    /// devices quiesced and reset, guest RAM unmapped from the IOMMU, devices
+    /// and buses dropped (BAR mappings before device files), groups closed.
+    /// Idempotent; also run by `Drop`.
+    pub fn shutdown(&mut self) {
+        if self.state == VmState::Stopped {
+            return;
+        }
+        let step = |s: &'static str, t: &mut Vec<&'static str>| {
+            log::debug!("tear-down: {s}");
+            t.push(s);
+        };
+        if !self.exit.requested() {
+            self.exit.request(ExitReason::VcpuError("the VMM is shutting down".into()));
+        }
+        if let Some(mut set) = self.running.take() {
+            set.stop();
+            step("vcpus stopped", &mut self.teardown);
+        }
+        self.vcpus.clear();
+        if let Some(t) = self.started {
+            log::info!("guest ran for {:.3} s", t.elapsed().as_secs_f64());
+        }
+        self.terminal = None;
+        for d in &self.vfio {
+            lock(d).quiesce();
+        }
+        step("devices quiesced", &mut self.teardown);
+        if let Some(c) = self.container.as_mut() {
+            c.unmap_guest_memory(&self.mem);
+            step("dma unmapped", &mut self.teardown);
+        }
+        self.buses.mmio.clear();
+        self.buses.pio.clear();
+        self.root = None;
+        self.serial = None;
+        for d in self.vfio.drain(..) {
+            if Arc::strong_count(&d) != 1 {
+                log::warn!("a passed-through device is still referenced at tear-down");
+            }
+        }
+        step("devices dropped", &mut self.teardown);
+        if self.container.take().is_some() {
+            step("groups closed", &mut self.teardown);
+        }
+        self.signals = None;
+        self.state = VmState::Stopped;
+    }
+
+    /// The tear-down steps done so far.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    pub fn teardown_steps(&self) -> &[&'static str] {
+        &self.teardown
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Boots the VM described by `cfg` with the checked `devices`, waits for it
+/// to stop, tears it down, and returns why it stopped.
+pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmError> {
+    let mut vmm = Vmm::new(cfg, devices)?;
+    vmm.boot()?;
+    let reason = vmm.wait();
+    log::debug!("stop requested: {reason:?}");
+    vmm.shutdown();
+    Ok(reason)
+}
