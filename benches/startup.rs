@@ -25,7 +25,7 @@ fn stats(name: &str, mut v: Vec<Duration>) {
 
 fn main() {
     if let Some(why) = common::kvm_unusable() {
-        println!("SKIPPED: {why}");
+        common::skip("startup", &why);
         return;
     }
     let runs: usize = std::env::var("BENCH_RUNS")

@@ -26,7 +26,11 @@ fn check(args: CheckArgs, env: &[(String, String)]) -> Result<i32, Error> {
         memory: args.memory,
         allow_unsafe_interrupts: args.allow_unsafe_interrupts,
     };
-    Ok(preflight::report(&HostPaths::default(), &req, &mut std::io::stdout()))
+    Ok(preflight::report(
+        &HostPaths::default(),
+        &req,
+        &mut std::io::stdout(),
+    ))
 }
 
 /// Runs the parsed command line; returns the process exit code.

@@ -9,10 +9,10 @@ use thiserror::Error;
 use crate::config::{
     parse_size, ConfigError, FileConfig, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY, MAX_CPUS,
 };
+use crate::host::bdf::Bdf;
 use crate::intake::{
     devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
 };
-use crate::host::bdf::Bdf;
 
 const LONG_ABOUT: &str = "\
 Boot a Linux guest under KVM with PCI devices - typically SR-IOV NIC virtual

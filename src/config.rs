@@ -385,10 +385,7 @@ mod tests {
             "[1,2]",
             "",
         ] {
-            assert!(
-                from_json(bad).is_err(),
-                "{bad}"
-            );
+            assert!(from_json(bad).is_err(), "{bad}");
         }
     }
 

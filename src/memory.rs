@@ -72,7 +72,10 @@ mod tests {
         let m = create_guest_memory(&GuestLayout::new(4 << 30), false).unwrap();
         assert_eq!(m.num_regions(), 2);
         m.write_obj(0x5au8, GuestAddress((5 << 30) - 1)).unwrap();
-        assert!(m.write_obj(0u8, GuestAddress(3 << 30)).is_err(), "the hole is not RAM");
+        assert!(
+            m.write_obj(0u8, GuestAddress(3 << 30)).is_err(),
+            "the hole is not RAM"
+        );
     }
 
     fn free_hugepages() -> u64 {

@@ -64,7 +64,12 @@ impl MsiRouter for MockRouter {
         Ok(first)
     }
 
-    fn route(&self, gsi: u32, msg: Option<MsiMessage>, _fd: &EventFd) -> Result<(), InterruptError> {
+    fn route(
+        &self,
+        gsi: u32,
+        msg: Option<MsiMessage>,
+        _fd: &EventFd,
+    ) -> Result<(), InterruptError> {
         let mut r = self.routes.lock().unwrap();
         match msg {
             Some(m) => r.insert(gsi, m),
@@ -184,7 +189,7 @@ impl VfioBackend for MockVfio {
             3 => bar(true),
             7 => RegionInfo {
                 size: 0x1000,
-                    ..Default::default()
+                ..Default::default()
             },
             _ => RegionInfo::default(),
         }

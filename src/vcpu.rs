@@ -136,7 +136,11 @@ impl Vcpu {
 
     /// Runs the vCPU on its own thread, named `vcpu<N>` (orchestrators
     /// find vCPU threads by that name to pin them), until a stop.
-    fn spawn(mut self, buses: Arc<Buses>, control: Arc<VcpuControl>) -> Result<JoinHandle<()>, VcpuError> {
+    fn spawn(
+        mut self,
+        buses: Arc<Buses>,
+        control: Arc<VcpuControl>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -256,7 +260,8 @@ impl VcpuSet {
         };
         for v in vcpus {
             // On an error the threads already started stop when `set` drops.
-            set.handles.push(v.spawn(buses.clone(), set.control.clone())?);
+            set.handles
+                .push(v.spawn(buses.clone(), set.control.clone())?);
         }
         Ok(set)
     }
@@ -306,7 +311,9 @@ impl VcpuSet {
                 let _ = h.join();
                 stopped += 1;
             } else {
-                log::error!("a vCPU thread did not stop within {VCPU_DEADLINE:?}; going on without it");
+                log::error!(
+                    "a vCPU thread did not stop within {VCPU_DEADLINE:?}; going on without it"
+                );
             }
         }
         stopped
@@ -316,7 +323,9 @@ impl VcpuSet {
 impl Drop for VcpuSet {
     fn drop(&mut self) {
         if !self.handles.is_empty() {
-            self.control.exit.request(ExitReason::VcpuError("the VMM stopped the vCPUs".into()));
+            self.control
+                .exit
+                .request(ExitReason::VcpuError("the VMM stopped the vCPUs".into()));
             self.stop();
         }
     }

@@ -108,7 +108,9 @@ mod tests {
     fn slots_are_handed_out_in_order_and_move() {
         let kvm = match Kvm::new() {
             Ok(k) => k,
-            Err(e) => return crate::testing::skip("vm::slots", &format!("/dev/kvm not usable: {e}")),
+            Err(e) => {
+                return crate::testing::skip("vm::slots", &format!("/dev/kvm not usable: {e}"))
+            }
         };
         let vm = Arc::new(create_vm(&kvm).unwrap());
         let m = KvmGuestMapper::new(vm);

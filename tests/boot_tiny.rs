@@ -8,10 +8,15 @@ use std::time::Duration;
 use common::*;
 
 /// Boots `kernel` (an ELF image) with `--memory 64M` plus `args`; `None`
-/// (after printing why) where /dev/kvm cannot be used.
-fn boot(kernel: &[u8], args: &[&str], env: &[(&str, &str)]) -> Option<std::process::Output> {
+/// (after reporting `test` as skipped) where /dev/kvm cannot be used.
+fn boot(
+    test: &str,
+    kernel: &[u8],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Option<std::process::Output> {
     if let Some(why) = kvm_unusable() {
-        println!("SKIPPED: {why}");
+        skip(test, &why);
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -31,7 +36,12 @@ fn boot(kernel: &[u8], args: &[&str], env: &[(&str, &str)]) -> Option<std::proce
 #[test]
 fn tiny_guest_prints_and_powers_off() {
     let code = tiny_poweroff_code(b"hello from the guest\n", 0x34);
-    let Some(out) = boot(&elf64(&code, false), &[], &[("RUST_LOG", "info")]) else {
+    let Some(out) = boot(
+        "tiny_guest_prints_and_powers_off",
+        &elf64(&code, false),
+        &[],
+        &[("RUST_LOG", "info")],
+    ) else {
         return;
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -49,7 +59,12 @@ fn tiny_guest_prints_and_powers_off() {
 fn tiny_guest_reset_exits_nonzero() {
     // Writing the ACPI reset value instead of S5: a guest reboot.
     let code = tiny_poweroff_code(b"bye\n", 0x01);
-    let Some(out) = boot(&elf64(&code, false), &["--cpus", "2"], &[]) else {
+    let Some(out) = boot(
+        "tiny_guest_reset_exits_nonzero",
+        &elf64(&code, false),
+        &["--cpus", "2"],
+        &[],
+    ) else {
         return;
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -62,7 +77,12 @@ fn tiny_guest_reset_exits_nonzero() {
 fn i8042_reset_is_a_clean_stop() {
     // Linux with reboot=k: command 0xfe on port 0x64.
     let code = tiny_out_code(b"k\n", 0x64, 0xfe);
-    let Some(out) = boot(&elf64(&code, false), &[], &[("RUST_LOG", "info")]) else {
+    let Some(out) = boot(
+        "i8042_reset_is_a_clean_stop",
+        &elf64(&code, false),
+        &[],
+        &[("RUST_LOG", "info")],
+    ) else {
         return;
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -79,6 +99,7 @@ fn pvh_guest_gets_start_info_and_powers_off() {
     let initrd = write_file(dir.path(), "initrd", b"not really an initramfs");
     let code = tiny_pvh_code(b"pvh ok\n");
     let Some(out) = boot(
+        "pvh_guest_gets_start_info_and_powers_off",
         &elf64(&code, true),
         &["--initramfs", &initrd],
         &[("RUST_LOG", "info")],
@@ -144,7 +165,7 @@ fn bad_input_fails_with_one_line_and_usage_codes() {
 fn sigterm_stops_a_running_guest() {
     use std::io::Read;
     if let Some(why) = kvm_unusable() {
-        println!("SKIPPED: {why}");
+        skip("sigterm_stops_a_running_guest", &why);
         return;
     }
     let dir = tempfile::tempdir().unwrap();

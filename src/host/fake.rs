@@ -62,4 +62,3 @@ impl Fake {
         check_device(&self.p, bdf(addr)).unwrap_err()
     }
 }
-

@@ -170,7 +170,10 @@ mod tests {
         let err = preflight_with(&f.p, &req(&devices), low).unwrap_err();
         assert!(matches!(err, HostError::MemlockTooLow { need, .. } if need == 64 << 20));
         let err = preflight_with(&f.p, &req(&devices), ok).unwrap_err();
-        assert!(matches!(err, HostError::NoInterruptRemapping { .. }), "{err}");
+        assert!(
+            matches!(err, HostError::NoInterruptRemapping { .. }),
+            "{err}"
+        );
         let unsafe_ok = Request {
             allow_unsafe_interrupts: true,
             ..req(&devices)
@@ -195,9 +198,17 @@ mod tests {
             .collect();
         assert_eq!(heads[0], "FAILED  0000");
         assert!(text.lines().next().unwrap().contains("not found"), "{text}");
-        assert!(text.lines().nth(1).unwrap().starts_with("WARN    0000:03:02.2: not an SR-IOV VF"));
+        assert!(text
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("WARN    0000:03:02.2: not an SR-IOV VF"));
         assert!(text.lines().nth(2).unwrap().starts_with("FAILED  /dev/kvm"));
-        assert!(text.lines().nth(4).unwrap().starts_with("FAILED  interrupt remapping"));
+        assert!(text
+            .lines()
+            .nth(4)
+            .unwrap()
+            .starts_with("FAILED  interrupt remapping"));
         assert_eq!(text.lines().count(), 5, "{text}");
     }
 

@@ -174,11 +174,9 @@ impl BarAllocator {
     pub fn place(&mut self, req: &BarRequest) -> Result<BarInfo, NoBarSpace> {
         let size = req.size;
         let addr = if size <= MAX_BAR_IN_MMIO32 {
-            self.mmio32.allocate(size).or_else(|| {
-                req.is_64
-                    .then(|| self.mmio64.allocate(size))
-                    .flatten()
-            })
+            self.mmio32
+                .allocate(size)
+                .or_else(|| req.is_64.then(|| self.mmio64.allocate(size)).flatten())
         } else if req.is_64 {
             self.mmio64.allocate(size)
         } else {

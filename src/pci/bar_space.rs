@@ -62,7 +62,10 @@ impl BarSpace {
         let Some(bus) = self.mmio.upgrade() else {
             return Ok(()); // the VM is being torn down
         };
-        for &TrapRange { addr: base, len, .. } in ranges {
+        for &TrapRange {
+            addr: base, len, ..
+        } in ranges
+        {
             let trap: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(BarTrap {
                 dev: dev.clone(),
                 base,

@@ -33,7 +33,11 @@ fn only_msix_pages_trap_and_the_rest_is_mapped() {
     let bar3 = W32 + 0x4000;
     assert_eq!(
         *m.slots.lock().unwrap(),
-        vec![(W32, 0x4000), (bar3 + 0x1000, 0x1000), (bar3 + 0x3000, 0x1000)]
+        vec![
+            (W32, 0x4000),
+            (bar3 + 0x1000, 0x1000),
+            (bar3 + 0x3000, 0x1000)
+        ]
     );
     let traps: Vec<(usize, u64, u64)> = map
         .trapped_ranges()
@@ -67,7 +71,10 @@ fn a_move_takes_the_slots_along() {
         }]
     );
     map.move_bar(&moves[0], &m).unwrap();
-    assert_eq!(*m.moves.lock().unwrap(), vec![(1, new + 0x1000), (2, new + 0x3000)]);
+    assert_eq!(
+        *m.moves.lock().unwrap(),
+        vec![(1, new + 0x1000), (2, new + 0x3000)]
+    );
     assert_eq!(map.bars()[1].addr, new);
     assert_eq!(map.trapped_ranges()[0].addr, new);
     assert_eq!(map.classify(new + 8), Some(Trapped::MsixTable(8)));

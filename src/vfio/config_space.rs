@@ -270,7 +270,11 @@ mod tests {
         assert_eq!(c.read(regs::ROM_BAR / 4, &*mock), 0);
         c.write(regs::ROM_BAR / 4, 0, &[0xff; 4], &*mock);
         assert_eq!(c.read(regs::ROM_BAR / 4, &*mock), 0);
-        assert_eq!((c.read(3, &*mock) >> 16) & 0x80, 0, "multi-function bit masked");
+        assert_eq!(
+            (c.read(3, &*mock) >> 16) & 0x80,
+            0,
+            "multi-function bit masked"
+        );
         c.write(regs::INTERRUPT_LINE / 4, 0, &[11], &*mock);
         let r = c.read(regs::INTERRUPT_LINE / 4, &*mock);
         assert_eq!(r & 0xff, 11);

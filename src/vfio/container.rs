@@ -136,7 +136,12 @@ mod tests {
         };
         let line = error_chain(&e);
         assert_eq!(line.matches("Device or resource busy").count(), 1, "{line}");
-        assert!(line.starts_with("cannot open VFIO device 0000:03:02.1: its IOMMU group is held by another process"), "{line}");
+        assert!(
+            line.starts_with(
+                "cannot open VFIO device 0000:03:02.1: its IOMMU group is held by another process"
+            ),
+            "{line}"
+        );
         assert_eq!(open_hint(None), "");
         assert!(open_hint(Some(libc::EPERM)).contains("--allow-unsafe-interrupts"));
     }

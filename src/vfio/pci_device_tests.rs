@@ -78,7 +78,8 @@ fn bars_are_placed_by_the_caller_and_sized_like_hardware() {
 #[test]
 fn guest_walks_the_capability_list() {
     let Fixture { mut dev, mock, .. } = fixture();
-    let byte = |d: &mut VfioPciDevice, off: usize| (d.read_config(off / 4) >> ((off % 4) * 8)) as u8;
+    let byte =
+        |d: &mut VfioPciDevice, off: usize| (d.read_config(off / 4) >> ((off % 4) * 8)) as u8;
     let mut ids = Vec::new();
     let mut ptr = byte(&mut dev, regs::CAP_PTR) as usize;
     while ptr != 0 {
@@ -89,12 +90,20 @@ fn guest_walks_the_capability_list() {
     // MSI capability writes are emulated; other writes pass through.
     let _ = dev.write_config(0x44 / 4, 0, &[0xff]);
     let _ = dev.write_config(1, 0, &0x0006u16.to_le_bytes());
-    assert_eq!(mock.log.lock().unwrap().config_writes, vec![(4, vec![6, 0])]);
+    assert_eq!(
+        mock.log.lock().unwrap().config_writes,
+        vec![(4, vec![6, 0])]
+    );
 }
 
 #[test]
 fn trapped_pages_reach_the_table_or_the_device() {
-    let Fixture { mut dev, mock, router, .. } = fixture();
+    let Fixture {
+        mut dev,
+        mock,
+        router,
+        ..
+    } = fixture();
     let bar3 = W32 + 0x4000;
     let mut b = [0u8; 4];
     // PBA reads as "nothing pending" without touching the device.
@@ -117,7 +126,12 @@ fn trapped_pages_reach_the_table_or_the_device() {
 
 #[test]
 fn quiesce_disables_interrupts_and_resets_once() {
-    let Fixture { mut dev, mock, router, .. } = fixture();
+    let Fixture {
+        mut dev,
+        mock,
+        router,
+        ..
+    } = fixture();
     dev.write_bar(W32 + 0x4000 + 8, &0x41u32.to_le_bytes());
     dev.write_bar(W32 + 0x4000 + 12, &0u32.to_le_bytes()); // unmasked
     let _ = dev.write_config(0x70 / 4, 2, &CTL_ENABLE.to_le_bytes());
@@ -125,14 +139,29 @@ fn quiesce_disables_interrupts_and_resets_once() {
     dev.quiesce();
     assert!(router.routes.lock().unwrap().is_empty());
     assert_eq!(mock.log.lock().unwrap().msix_disables, 1);
-    assert_eq!(mock.log.lock().unwrap().resets, 2, "reset at creation and at shutdown");
+    assert_eq!(
+        mock.log.lock().unwrap().resets,
+        2,
+        "reset at creation and at shutdown"
+    );
     dev.quiesce();
     drop(dev);
-    assert_eq!(mock.log.lock().unwrap().resets, 2, "quiesce is idempotent, also on drop");
+    assert_eq!(
+        mock.log.lock().unwrap().resets,
+        2,
+        "quiesce is idempotent, also on drop"
+    );
 }
 
 /// The device in slot 1 of a PCI root whose BAR space traps on `bus`.
-fn on_a_root(f: Fixture) -> (Arc<Mutex<PciRoot>>, Arc<Bus>, Arc<MockMapper>, SharedPciDevice) {
+fn on_a_root(
+    f: Fixture,
+) -> (
+    Arc<Mutex<PciRoot>>,
+    Arc<Bus>,
+    Arc<MockMapper>,
+    SharedPciDevice,
+) {
     let bus = Arc::new(Bus::default());
     let mapper = f.mapper.clone();
     let mut root = PciRoot::new(BarSpace::new(windows(), mapper.clone(), &bus));
@@ -143,7 +172,9 @@ fn on_a_root(f: Fixture) -> (Arc<Mutex<PciRoot>>, Arc<Bus>, Arc<MockMapper>, Sha
 
 /// An ECAM write to slot 1.
 fn ecam32(root: &Mutex<PciRoot>, off: u64, v: u32) {
-    root.lock().unwrap().ecam_write((1 << 15) | off, &v.to_le_bytes());
+    root.lock()
+        .unwrap()
+        .ecam_write((1 << 15) | off, &v.to_le_bytes());
 }
 
 fn trap_bases(bus: &Bus, candidates: &[u64]) -> Vec<u64> {
@@ -172,7 +203,10 @@ fn sizing_is_not_a_move() {
 fn a_moved_bar_takes_its_mappings_and_traps_along() {
     let (root, bus, mapper, dev) = on_a_root(fixture());
     let (old, new) = (W32 + 0x4000, W32 + 0x10_0000);
-    assert_eq!(trap_bases(&bus, &[old, old + 0x2000]), vec![old, old + 0x2000]);
+    assert_eq!(
+        trap_bases(&bus, &[old, old + 0x2000]),
+        vec![old, old + 0x2000]
+    );
     ecam32(&root, 4, 0);
     ecam32(&root, 0x1c, new as u32);
     ecam32(&root, 0x20, 0);
@@ -181,9 +215,15 @@ fn a_moved_bar_takes_its_mappings_and_traps_along() {
         "nothing moves while decoding is off"
     );
     ecam32(&root, 4, u32::from(regs::COMMAND_MEMORY));
-    assert_eq!(*mapper.moves.lock().unwrap(), vec![(1, new + 0x1000), (2, new + 0x3000)]);
+    assert_eq!(
+        *mapper.moves.lock().unwrap(),
+        vec![(1, new + 0x1000), (2, new + 0x3000)]
+    );
     assert!(trap_bases(&bus, &[old, old + 0x2000]).is_empty());
-    assert_eq!(trap_bases(&bus, &[new, new + 0x2000]), vec![new, new + 0x2000]);
+    assert_eq!(
+        trap_bases(&bus, &[new, new + 0x2000]),
+        vec![new, new + 0x2000]
+    );
     // The MSI-X table answers at the new place, through the bus.
     assert!(bus.write(new + 8, &0x4055u32.to_le_bytes()));
     let mut v = [0u8; 4];

@@ -101,7 +101,10 @@ struct MsixVectors {
 impl MsixVectors {
     fn route(&self, name: &str, router: &dyn MsiRouter, i: usize) {
         let Some(fd) = self.fds.get(i) else { return };
-        let msg = self.state.vector_live(i).then(|| self.state.entries[i].message());
+        let msg = self
+            .state
+            .vector_live(i)
+            .then(|| self.state.entries[i].message());
         if let Err(e) = router.route(self.gsi_base + i as u32, msg, fd) {
             log::error!("{name}: MSI-X vector {i}: {e}");
         }
@@ -151,7 +154,10 @@ impl Vectors {
             Some(cap) => {
                 let n = u32::from(cap.table_size).min(host_msix.max(1));
                 let (gsi_base, fds) = allocate(&*router, n)?;
-                log::info!("{name}: MSI-X with {n} vectors on GSIs {gsi_base}..{}", gsi_base + n);
+                log::info!(
+                    "{name}: MSI-X with {n} vectors on GSIs {gsi_base}..{}",
+                    gsi_base + n
+                );
                 Some(MsixVectors {
                     cap,
                     state: MsixState::new(n as u16),
@@ -166,7 +172,10 @@ impl Vectors {
             Some((cap, header)) => {
                 let n = cap.max_vectors();
                 let (gsi_base, fds) = allocate(&*router, n)?;
-                log::info!("{name}: MSI with {n} vectors on GSIs {gsi_base}..{}", gsi_base + n);
+                log::info!(
+                    "{name}: MSI with {n} vectors on GSIs {gsi_base}..{}",
+                    gsi_base + n
+                );
                 Some(MsiVectors {
                     cap,
                     state: MsiState::new(cap, header),

@@ -99,7 +99,10 @@ fn msix_enable_routes_only_unmasked_vectors() {
     let gsi = crate::arch::x86_64::layout::MSI_GSI_START;
     {
         let routes = router.routes.lock().unwrap();
-        assert_eq!(routes.keys().copied().collect::<Vec<_>>(), vec![gsi, gsi + 2]);
+        assert_eq!(
+            routes.keys().copied().collect::<Vec<_>>(),
+            vec![gsi, gsi + 2]
+        );
         let want = MsiMessage {
             addr_lo: 0xfee0_0000,
             addr_hi: 0,

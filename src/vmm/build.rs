@@ -145,7 +145,10 @@ impl Vmm {
         self.container = Some(Container::new(&self.vm)?);
         for d in devices {
             let name = d.bdf.to_string();
-            let container = self.container.as_ref().ok_or(VmmError::State(self.state, "open a device"))?;
+            let container = self
+                .container
+                .as_ref()
+                .ok_or(VmmError::State(self.state, "open a device"))?;
             let backend = Arc::new(container.open_device(&name, &d.sysfs)?);
             self.attach_backend(&name, backend)?;
             log::info!("{name}: IOMMU group {}", d.group);
@@ -164,7 +167,10 @@ impl Vmm {
             .get_or_insert_with(|| Arc::new(KvmMsiRouter::new(self.vm.clone())))
             .clone();
         let (Some(root), Some(bars)) = (self.root.clone(), self.bars.as_mut()) else {
-            return Err(VmmError::State(self.state, "attach a device before the PCI root"));
+            return Err(VmmError::State(
+                self.state,
+                "attach a device before the PCI root",
+            ));
         };
         let probe = VfioProbe::new(name, &*backend);
         let placed = probe
@@ -203,9 +209,10 @@ impl Vmm {
             ._kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmmError::VmSetup("read supported CPUID", e))?;
-        let entry = self
-            .boot_entry
-            .ok_or(VmmError::State(self.state, "create vCPUs before loading the kernel"))?;
+        let entry = self.boot_entry.ok_or(VmmError::State(
+            self.state,
+            "create vCPUs before loading the kernel",
+        ))?;
         for id in 0..cfg.cpus {
             let v = Vcpu::new(&self.vm, &self.mem, &supported, id, cfg.cpus, &entry)?;
             self.vcpus.push(v);

@@ -17,13 +17,13 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::boot::BootEntry;
 use crate::config::VmConfig;
-use crate::interrupts::KvmMsiRouter;
-use crate::pci::bar::BarAllocator;
 use crate::devices::bus::Buses;
 use crate::devices::serial::SerialConsole;
 use crate::exit::{self, ExitReason, ExitSignal, SignalHandlers};
 use crate::host::checks::HostDevice;
 use crate::host::terminal::{self, RawTerminal};
+use crate::interrupts::KvmMsiRouter;
+use crate::pci::bar::BarAllocator;
 use crate::pci::root::PciRoot;
 use crate::sync::lock;
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
@@ -137,13 +137,19 @@ impl Vmm {
     }
 
     /// The VM's state.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the API server drives these; tests do now")
+    )]
     pub fn state(&self) -> VmState {
         self.state
     }
 
     /// The stop request that devices, vCPUs, signals and callers share.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the API server drives these; tests do now")
+    )]
     pub fn exit_signal(&self) -> &Arc<ExitSignal> {
         &self.exit
     }
@@ -179,7 +185,10 @@ impl Vmm {
     }
 
     /// Parks the vCPUs: Running → Paused.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the API server drives these; tests do now")
+    )]
     pub fn pause(&mut self) -> Result<(), VmmError> {
         match (&self.running, self.state) {
             (Some(set), VmState::Running) => {
@@ -194,7 +203,10 @@ impl Vmm {
     }
 
     /// Lets the vCPUs run again: Paused → Running.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the API server drives these; tests do now")
+    )]
     pub fn resume(&mut self) -> Result<(), VmmError> {
         match (&self.running, self.state) {
             (Some(set), VmState::Paused) => {
@@ -224,7 +236,8 @@ impl Vmm {
             t.push(s);
         };
         if !self.exit.requested() {
-            self.exit.request(ExitReason::VcpuError("the VMM is shutting down".into()));
+            self.exit
+                .request(ExitReason::VcpuError("the VMM is shutting down".into()));
         }
         if let Some(mut set) = self.running.take() {
             set.stop();
@@ -261,7 +274,10 @@ impl Vmm {
     }
 
     /// The tear-down steps done so far.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the API server drives these; tests do now"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the API server drives these; tests do now")
+    )]
     pub fn teardown_steps(&self) -> &[&'static str] {
         &self.teardown
     }

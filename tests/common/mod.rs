@@ -1,9 +1,9 @@
 //! Helpers shared by the integration tests: tiny guest kernels, running the
-//! binary with a deadline, skip checks.
+//! binary with a deadline, skip checks and the skip report.
 
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -126,6 +126,42 @@ pub fn kvm_unusable() -> Option<String> {
     }
 }
 
+/// Where a skipping test appends `<test name>: <reason>` (one line per skip),
+/// so the test command can count and list the skips; unset: print only.
+pub const SKIP_LOG_ENV: &str = "VFLAUNCH_SKIP_LOG";
+
+/// Reports that `test` did nothing because of `reason`: prints
+/// `SKIPPED: <reason>` and, if `VFLAUNCH_SKIP_LOG` names a file, appends
+/// `<test>: <reason>\n` to it (see `append_skip`). Call it once per test.
+pub fn skip(test: &str, reason: &str) {
+    let reason = reason.replace('\n', " ");
+    println!("SKIPPED: {reason}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        append_skip(Path::new(&path), test, &reason);
+    }
+}
+
+/// Appends `<test>: <reason>\n` to `path` (created if missing) in a single
+/// write, so lines from tests running in parallel never interleave. Panics
+/// if it cannot: a skip nobody can see is what the log exists to prevent.
+pub fn append_skip(path: &Path, test: &str, reason: &str) {
+    let line = format!("{test}: {reason}\n");
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .and_then(|mut f| f.write(line.as_bytes()));
+    match written {
+        Ok(n) if n == line.len() => {}
+        Ok(n) => panic!(
+            "short write to {}: {n} of {} bytes",
+            path.display(),
+            line.len()
+        ),
+        Err(e) => panic!("cannot append to skip log {}: {e}", path.display()),
+    }
+}
+
 /// The vflaunch binary with `args`: no stdin, stdout and stderr piped.
 pub fn vflaunch_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vflaunch"));
@@ -184,4 +220,50 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     p.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    // `super::` paths, no `use`: in the bench (harness = false) the tests
+    // compile away and an import would be unused.
+
+    #[test]
+    fn parallel_skips_append_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skips");
+        std::fs::write(&log, "earlier: kept\n").unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        super::append_skip(&log, &format!("t{t}_{i}"), &"x".repeat(100 + i));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.remove(0), "earlier: kept", "appends, never truncates");
+        assert_eq!(lines.len(), 8 * 50);
+        for line in lines {
+            let (name, reason) = line.split_once(": ").expect("name: reason");
+            let i: usize = name.split_once('_').unwrap().1.parse().unwrap();
+            assert_eq!(reason, "x".repeat(100 + i), "line {name} is whole");
+        }
+    }
+
+    #[test]
+    fn skip_log_is_created_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("new");
+        super::append_skip(&log, "some_test", "no /dev/kvm");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "some_test: no /dev/kvm\n"
+        );
+    }
 }

@@ -301,7 +301,10 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_image }, 0x100_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 0x1234);
         assert_eq!({ p.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
-        assert_eq!(p.e820_entries as usize, GuestLayout::new(256 << 20).e820().len());
+        assert_eq!(
+            p.e820_entries as usize,
+            GuestLayout::new(256 << 20).e820().len()
+        );
         let last = p.e820_table[p.e820_entries as usize - 1];
         assert_eq!({ last.addr } + { last.size }, 256 << 20);
         assert_eq!({ last.r#type }, E820_RAM);

@@ -247,7 +247,11 @@ mod tests {
         let big = 100u64 << 30;
         assert_eq!(pci_mmio64_start(big + 1), 101 << 30);
         let l = GuestLayout::new(big);
-        assert_eq!(l.pci().mmio64.start, 101 << 30, "RAM ends at 101 GiB (hole)");
+        assert_eq!(
+            l.pci().mmio64.start,
+            101 << 30,
+            "RAM ends at 101 GiB (hole)"
+        );
     }
 
     #[test]
@@ -263,7 +267,10 @@ mod tests {
         assert_eq!(l.ram()[0], Window::new(0, 3 << 30));
         assert_eq!(l.ram()[1], Window::new(4 << 30, 1 << 30));
         assert_eq!(l.low_ram_end(), 3 << 30);
-        assert_eq!(l.pci().mmio32, Window::new(PCI_MMIO32_START.0, PCI_MMIO32_SIZE));
+        assert_eq!(
+            l.pci().mmio32,
+            Window::new(PCI_MMIO32_START.0, PCI_MMIO32_SIZE)
+        );
     }
 
     #[test]

@@ -282,7 +282,11 @@ mod tests {
 
     #[test]
     fn page_tables_identity_map_first_gib() {
-        let mem = crate::memory::create_guest_memory(&super::super::layout::GuestLayout::new(16 << 20), false).unwrap();
+        let mem = crate::memory::create_guest_memory(
+            &super::super::layout::GuestLayout::new(16 << 20),
+            false,
+        )
+        .unwrap();
         setup_page_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(layout::PML4_START).unwrap();
         assert_eq!(pml4 & !0xfff, layout::PDPTE_START.0);
