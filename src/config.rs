@@ -94,9 +94,6 @@ pub enum ConfigError {
     /// The kernel command line contains a NUL byte.
     #[error("kernel command line contains a NUL byte: remove it")]
     CmdlineNul,
-    /// The same device is listed twice.
-    #[error("PCI device {0} is listed twice: list each device once")]
-    DuplicateDevice(Bdf),
 }
 
 /// Formats a byte count for messages: "512 MiB", "1 GiB", or "1234 bytes".
@@ -209,7 +206,9 @@ pub struct VmConfig {
     pub memory: u64,
     /// Number of vCPUs, 1..=[`MAX_CPUS`].
     pub cpus: u8,
-    /// PCI devices to pass through, without duplicates, in the given order.
+    /// PCI devices to pass through, in the given order; the intake merges a
+    /// device named more than once (by flags, the file or the pod), so each
+    /// appears once.
     pub devices: Vec<Bdf>,
     /// Back guest RAM with 2 MiB huge pages.
     pub hugepages: bool,
@@ -253,11 +252,6 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
-        }
-        for (i, bdf) in self.devices.iter().enumerate() {
-            if self.devices[..i].contains(bdf) {
-                return Err(ConfigError::DuplicateDevice(*bdf));
-            }
         }
         Ok(())
     }
@@ -479,11 +473,6 @@ mod tests {
         assert!(matches!(
             check(&|c| c.cmdline = "a\0b".into()),
             ConfigError::CmdlineNul
-        ));
-        let dev: Bdf = "0000:03:02.1".parse().unwrap();
-        assert!(matches!(
-            check(&|c| c.devices = vec![dev, dev]),
-            ConfigError::DuplicateDevice(d) if d == dev
         ));
     }
 }

@@ -35,15 +35,6 @@ pub enum IntakeError {
         #[source]
         source: PciAddrError,
     },
-    /// A `PCIDEVICE_*_INFO` variable is not valid JSON.
-    #[error("{var} is not valid device-plugin JSON: expected {{\"<pci address>\": {{\"vfio\": {{...}}}}}}")]
-    BadInfo {
-        /// The variable name.
-        var: String,
-        /// The parse error.
-        #[source]
-        source: serde_json::Error,
-    },
     /// The network-info file could not be read.
     #[error("cannot read network-info file {path}: check --network-info or the pod's downward-API volume")]
     ReadNetworkInfo {
@@ -86,8 +77,6 @@ pub struct EnvDevice {
     pub bdf: Bdf,
     /// The variable that listed it.
     pub source: String,
-    /// The VFIO group node the device plugin mounted for it (from `*_INFO`), if known.
-    pub vfio_dev_mount: Option<PathBuf>,
 }
 
 /// The process environment as `(name, value)` pairs for [`devices_from_env`].
@@ -114,38 +103,14 @@ fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
         .collect()
 }
 
-/// Parses a `PCIDEVICE_*_INFO` value into address → VFIO group node.
-/// Keys that are not PCI addresses and providers other than `vfio` are ignored.
-fn parse_info(var: &str, value: &str) -> Result<Vec<(Bdf, PathBuf)>, IntakeError> {
-    let map: BTreeMap<String, Value> =
-        serde_json::from_str(value).map_err(|source| IntakeError::BadInfo {
-            var: var.to_string(),
-            source,
-        })?;
-    let mut out = Vec::new();
-    for (addr, providers) in &map {
-        let Ok(bdf) = addr.parse::<Bdf>() else {
-            log::warn!("{var}: ignoring key {addr:?}, which is not a PCI address");
-            continue;
-        };
-        let vfio = providers.get("vfio");
-        let mount = ["dev-mount", "vfio-dev-mount"]
-            .iter()
-            .find_map(|key| vfio.and_then(|v| v.get(key)).and_then(Value::as_str));
-        if let Some(mount) = mount {
-            out.push((bdf, PathBuf::from(mount)));
-        }
-    }
-    Ok(out)
-}
-
 /// Reads device addresses from `PCIDEVICE_<PREFIX>_<RESOURCE>` (SR-IOV
 /// network device plugin) and `PCI_RESOURCE_<NAME>` (KubeVirt host devices)
 /// variables. Each holds a comma-separated list of full PCI addresses.
 ///
-/// `PCIDEVICE_*_INFO` variables whose value is a JSON object are parsed
-/// for the VFIO group node of each address instead of being read as lists.
-/// Other variables are ignored.
+/// `PCIDEVICE_*_INFO` variables whose value is a JSON object are not
+/// address lists and are skipped: they name the VFIO group node the device
+/// plugin mounted, which is always `/dev/vfio/<group>` (the node vfio-ioctls
+/// opens), and pre-flight checks that node. Other variables are ignored.
 pub fn devices_from_env<I: IntoIterator<Item = (String, String)>>(
     vars: I,
 ) -> Result<EnvDevices, IntakeError> {
@@ -156,13 +121,9 @@ pub fn devices_from_env<I: IntoIterator<Item = (String, String)>>(
         })
         .collect();
     let mut devices: Vec<EnvDevice> = Vec::new();
-    let mut mounts: BTreeMap<Bdf, PathBuf> = BTreeMap::new();
     for (name, value) in &vars {
         // A resource may itself be called "info"; only JSON values are info.
         if name.ends_with(INFO_SUFFIX) && value.trim_start().starts_with('{') {
-            for (bdf, mount) in parse_info(name, value)? {
-                mounts.entry(bdf).or_insert(mount);
-            }
             continue;
         }
         for bdf in parse_list(name, value)? {
@@ -170,13 +131,9 @@ pub fn devices_from_env<I: IntoIterator<Item = (String, String)>>(
                 devices.push(EnvDevice {
                     bdf,
                     source: name.clone(),
-                    vfio_dev_mount: None,
                 });
             }
         }
-    }
-    for device in &mut devices {
-        device.vfio_dev_mount = mounts.get(&device.bdf).cloned();
     }
     Ok(EnvDevices { devices })
 }
@@ -291,7 +248,6 @@ mod tests {
         assert_eq!(env.devices[0].source, "PCIDEVICE_INTEL_COM_SRIOV_A");
         assert_eq!(env.devices[2].source, "PCIDEVICE_INTEL_COM_SRIOV_B");
         assert_eq!(env.devices[3].source, "PCI_RESOURCE_NVIDIA_COM_GPU");
-        assert!(env.devices.iter().all(|d| d.vfio_dev_mount.is_none()));
     }
 
     #[test]
@@ -323,45 +279,17 @@ mod tests {
     }
 
     #[test]
-    fn info_vars_give_vfio_mounts_in_both_key_styles() {
+    fn info_vars_are_not_address_lists() {
         let env = devices_from_env(vars(&[
             ("PCIDEVICE_INTEL_COM_A", "0000:3b:02.6"),
             (
                 "PCIDEVICE_INTEL_COM_A_INFO",
-                r#"{"0000:3b:02.6":{"vfio":{"mount":"/dev/vfio/vfio","dev-mount":"/dev/vfio/169"},"generic":{"deviceID":"0000:3b:02.6"}}}"#,
+                r#"{"0000:3b:02.6":{"vfio":{"mount":"/dev/vfio/42"}}}"#,
             ),
-            ("PCIDEVICE_INTEL_COM_B", "0000:3b:02.7,0000:3b:02.0"),
-            (
-                "PCIDEVICE_INTEL_COM_B_INFO",
-                r#"{"0000:3b:02.7":{"extraInfo":{"token":"x"},"vfio":{"vfio-dev-mount":"/dev/vfio/noiommu-170","vfio-mount":"/dev/vfio/vfio"},"vhost":{"net-mount":"/dev/vhost-net"}},"not-an-address":{}}"#,
-            ),
+            ("PCIDEVICE_INTEL_COM_B_INFO", "{\"0000:3b:02.7\":"), // even malformed
         ]))
         .unwrap();
-        assert_eq!(
-            addrs(&env),
-            ["0000:3b:02.6", "0000:3b:02.7", "0000:3b:02.0"]
-        );
-        let mounts: Vec<Option<PathBuf>> = env
-            .devices
-            .iter()
-            .map(|d| d.vfio_dev_mount.clone())
-            .collect();
-        assert_eq!(
-            mounts,
-            [
-                Some(PathBuf::from("/dev/vfio/169")),
-                Some(PathBuf::from("/dev/vfio/noiommu-170")),
-                None
-            ]
-        );
-    }
-
-    #[test]
-    fn malformed_info_names_variable() {
-        let err =
-            devices_from_env(vars(&[("PCIDEVICE_A_INFO", "{\"0000:3b:02.6\":")])).unwrap_err();
-        assert!(matches!(&err, IntakeError::BadInfo { var, .. } if var == "PCIDEVICE_A_INFO"));
-        assert!(err.to_string().contains("PCIDEVICE_A_INFO"));
+        assert_eq!(addrs(&env), ["0000:3b:02.6"]);
     }
 
     #[test]

@@ -15,6 +15,11 @@ use crate::pci::regs;
 use crate::vfio::{BackendError, MmapArea, RegionInfo, VfioBackend};
 use crate::vm::{GuestMapper, VmError};
 
+/// Tiny guest kernels (shared with the integration tests).
+#[path = "../tests/common/tiny.rs"]
+#[allow(dead_code)]
+pub mod tiny;
+
 /// Reports a test that cannot run here: prints `SKIPPED: <reason>` and, when
 /// `VFLAUNCH_SKIP_LOG` names a file, appends `<test>: <reason>` to it, so the
 /// test command can say how many tests skipped and why.

@@ -47,7 +47,9 @@ impl Vmm {
             "4 KiB pages"
         };
         log::info!("guest RAM: {} MiB in {pages}", cfg.memory >> 20);
-        KvmGuestMapper::new(vm.clone()).register_ram(&mem)?;
+        // One mapper for the VM: it hands out the memory slot numbers.
+        let mapper = Arc::new(KvmGuestMapper::new(vm.clone()));
+        mapper.register_ram(&mem)?;
         let exit =
             Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
         Ok(Vmm {
@@ -69,9 +71,10 @@ impl Vmm {
             buses: Arc::new(Buses::default()),
             exit,
             started: None,
-            teardown: Vec::new(),
+            teardown: Arc::default(),
             #[cfg(test)]
             fail_after_vcpus_start: false,
+            mapper,
             mem,
             vm,
             _kvm: kvm,
@@ -122,8 +125,7 @@ impl Vmm {
     /// windows of the guest layout.
     pub(super) fn attach_pci(&mut self) -> Result<(), VmmError> {
         let windows = GuestLayout::new(self.memory).pci();
-        let mapper = Arc::new(KvmGuestMapper::new(self.vm.clone()));
-        let space = BarSpace::new(windows, mapper, &self.buses.mmio);
+        let space = BarSpace::new(windows, self.mapper.clone(), &self.buses.mmio);
         let root = Arc::new(Mutex::new(PciRoot::new(space)));
         let port = (layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT_LEN);
         self.add_pio(port.0, port.1, root.clone())?;

@@ -29,6 +29,7 @@ use crate::sync::lock;
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
 use crate::vfio::container::Container;
 use crate::vfio::pci_device::VfioPciDevice;
+use crate::vm::KvmGuestMapper;
 
 /// Errors building or running the VM.
 #[derive(Debug, thiserror::Error)]
@@ -110,11 +111,12 @@ pub struct Vmm {
     buses: Arc<Buses>,
     exit: Arc<ExitSignal>,
     started: Option<Instant>,
-    /// Tear-down steps, in order (read by tests).
-    teardown: Vec<&'static str>,
+    /// Tear-down steps done, in order (tests read it after the drop).
+    teardown: Arc<Mutex<Vec<&'static str>>>,
     #[cfg(test)]
     fail_after_vcpus_start: bool,
     // Declared last: dropped after everything that maps or pins them.
+    mapper: Arc<KvmGuestMapper>,
     mem: GuestMemoryMmap,
     vm: Arc<VmFd>,
     _kvm: Kvm,
@@ -231,9 +233,10 @@ impl Vmm {
         if self.state == VmState::Stopped {
             return;
         }
-        let step = |s: &'static str, t: &mut Vec<&'static str>| {
+        let journal = self.teardown.clone();
+        let step = |s: &'static str| {
             log::debug!("tear-down: {s}");
-            t.push(s);
+            lock(&journal).push(s);
         };
         if !self.exit.requested() {
             self.exit
@@ -241,7 +244,7 @@ impl Vmm {
         }
         if let Some(mut set) = self.running.take() {
             set.stop();
-            step("vcpus stopped", &mut self.teardown);
+            step("vcpus stopped");
         }
         self.vcpus.clear();
         if let Some(t) = self.started {
@@ -251,10 +254,10 @@ impl Vmm {
         for d in &self.vfio {
             lock(d).quiesce();
         }
-        step("devices quiesced", &mut self.teardown);
+        step("devices quiesced");
         if let Some(c) = self.container.as_mut() {
             c.unmap_guest_memory(&self.mem);
-            step("dma unmapped", &mut self.teardown);
+            step("dma unmapped");
         }
         self.buses.mmio.clear();
         self.buses.pio.clear();
@@ -265,9 +268,9 @@ impl Vmm {
                 log::warn!("a passed-through device is still referenced at tear-down");
             }
         }
-        step("devices dropped", &mut self.teardown);
+        step("devices dropped");
         if self.container.take().is_some() {
-            step("groups closed", &mut self.teardown);
+            step("groups closed");
         }
         self.signals = None;
         self.state = VmState::Stopped;
@@ -278,8 +281,8 @@ impl Vmm {
         not(test),
         expect(dead_code, reason = "the API server drives these; tests do now")
     )]
-    pub fn teardown_steps(&self) -> &[&'static str] {
-        &self.teardown
+    pub fn teardown_steps(&self) -> Arc<Mutex<Vec<&'static str>>> {
+        self.teardown.clone()
     }
 }
 

@@ -1,1 +1,118 @@
+//! The owner's life cycle on /dev/kvm with a tiny guest and the mock VF:
+//! pause and resume, a clean stop, and an error after the vCPUs started.
 
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::testing::{skip, tiny, MockVfio};
+
+/// One VM at a time: the tests count this process's vCPU threads.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+/// This process's vCPU threads, once their count has settled at `want` (a
+/// new thread takes its name a moment after it starts) or after 2 s.
+fn vcpu_threads_settled(want: usize) -> usize {
+    let start = std::time::Instant::now();
+    loop {
+        let n = vcpu_threads();
+        if n == want || start.elapsed() > std::time::Duration::from_secs(2) {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn vcpu_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("vcpu"))
+        })
+        .count()
+}
+
+/// A VM with a guest that prints and spins, two vCPUs and the mock VF, built
+/// step by step as `Vmm::new` does (the VF comes from the mock, not a container).
+fn spinning_vm(dir: &tempfile::TempDir) -> Option<(Vmm, Arc<MockVfio>)> {
+    if let Err(e) = kvm_ioctls::Kvm::new() {
+        skip("vmm::tests", &format!("/dev/kvm not usable: {e}"));
+        return None;
+    }
+    let kernel = dir.path().join("spin");
+    std::fs::write(&kernel, tiny::elf64(&tiny::tiny_spin_code(b"up\n"), false)).unwrap();
+    let mut cfg = VmConfig::new(kernel);
+    cfg.memory = 64 << 20;
+    cfg.cpus = 2;
+    let mut vmm = Vmm::create_vm(&cfg).unwrap();
+    vmm.load_kernel(&cfg).unwrap();
+    vmm.attach_legacy_devices().unwrap();
+    vmm.attach_pci().unwrap();
+    let mock = MockVfio::igbvf();
+    vmm.attach_backend("0000:00:12.0", mock.clone()).unwrap();
+    vmm.create_vcpus(&cfg).unwrap();
+    Some((vmm, mock))
+}
+
+#[test]
+fn an_error_after_the_vcpus_start_tears_everything_down() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut vmm, mock)) = spinning_vm(&dir) else {
+        return;
+    };
+    assert_eq!(vcpu_threads(), 0);
+    vmm.fail_after_vcpus_start = true;
+    let err = vmm.boot().unwrap_err();
+    assert!(err.to_string().contains("console input"), "{err}");
+    assert_eq!(vmm.state(), VmState::Running);
+    assert_eq!(
+        vcpu_threads_settled(2),
+        2,
+        "the error came after both vCPUs started"
+    );
+    let steps = vmm.teardown_steps();
+    drop(vmm); // what `?` does to a half-run VM
+    assert_eq!(vcpu_threads(), 0, "no vCPU thread left running");
+    assert_eq!(
+        *steps.lock().unwrap(),
+        ["vcpus stopped", "devices quiesced", "devices dropped"]
+    );
+    assert_eq!(
+        mock.log.lock().unwrap().resets,
+        2,
+        "reset at probe and at tear-down"
+    );
+    assert_eq!(Arc::strong_count(&mock), 1, "the device model is gone");
+}
+
+#[test]
+fn pause_resume_and_a_clean_stop() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut vmm, mock)) = spinning_vm(&dir) else {
+        return;
+    };
+    assert!(matches!(
+        vmm.pause(),
+        Err(VmmError::State(VmState::Created, _))
+    ));
+    vmm.boot().unwrap();
+    assert!(matches!(
+        vmm.boot(),
+        Err(VmmError::State(VmState::Running, _))
+    ));
+    vmm.pause().unwrap();
+    assert_eq!(vmm.state(), VmState::Paused);
+    assert_eq!(vcpu_threads(), 2, "paused vCPUs stay, parked");
+    vmm.resume().unwrap();
+    assert_eq!(vmm.state(), VmState::Running);
+    vmm.exit_signal().request(ExitReason::Signal(libc::SIGTERM));
+    assert_eq!(vmm.wait(), ExitReason::Signal(libc::SIGTERM));
+    vmm.shutdown();
+    assert_eq!(vmm.state(), VmState::Stopped);
+    assert_eq!(vcpu_threads(), 0);
+    assert_eq!(mock.log.lock().unwrap().resets, 2);
+    vmm.shutdown(); // idempotent
+    assert_eq!(vmm.teardown_steps().lock().unwrap().len(), 3);
+}
