@@ -15,19 +15,23 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{IOAPIC_PINS, MSI_GSI_START};
+use crate::sync::lock;
 
 /// Errors routing interrupts.
 #[derive(Debug, thiserror::Error)]
 pub enum InterruptError {
     /// KVM rejected the routing table.
-    #[error("Cannot set the KVM GSI routing table")]
+    #[error("cannot set the KVM GSI routing table")]
     SetRouting(#[source] kvm_ioctls::Error),
     /// irqfd (un)registration failed.
-    #[error("Cannot {0} irqfd for GSI {1}")]
+    #[error("cannot {0} irqfd for GSI {1}")]
     Irqfd(&'static str, u32, #[source] kvm_ioctls::Error),
     /// Out of GSIs.
-    #[error("Out of interrupt routes (asked for {0} more)")]
+    #[error("out of interrupt routes (asked for {0} more)")]
     NoGsi(u32),
+    /// The routing table does not fit KVM's structure.
+    #[error("the GSI routing table has too many entries ({0})")]
+    TableTooLarge(usize),
 }
 
 /// An MSI message as programmed by the guest.
@@ -129,7 +133,8 @@ impl KvmMsiRouter {
 
     fn commit(&self, msi: &BTreeMap<u32, MsiMessage>) -> Result<(), InterruptError> {
         let table = routing_table(msi);
-        let routing = KvmIrqRouting::from_entries(&table).map_err(|_| InterruptError::NoGsi(0))?;
+        let routing = KvmIrqRouting::from_entries(&table)
+            .map_err(|_| InterruptError::TableTooLarge(table.len()))?;
         self.vm
             .set_gsi_routing(&routing)
             .map_err(InterruptError::SetRouting)
@@ -138,7 +143,7 @@ impl KvmMsiRouter {
 
 impl MsiRouter for KvmMsiRouter {
     fn allocate_gsis(&self, count: u32) -> Result<u32, InterruptError> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         let first = s.next_gsi;
         let end = first
             .checked_add(count)
@@ -149,7 +154,7 @@ impl MsiRouter for KvmMsiRouter {
     }
 
     fn route(&self, gsi: u32, msg: Option<MsiMessage>, fd: &EventFd) -> Result<(), InterruptError> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         match msg {
             Some(m) => {
                 if s.msi.get(&gsi) != Some(&m) {

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::sync::lock;
+
 /// A device that answers reads and writes at offsets within its range.
 pub trait BusDevice: Send {
     /// Reads `data.len()` bytes at `offset` from the start of the range.
@@ -90,9 +92,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(off, data);
+                lock(&dev).read(off, data);
                 true
             }
             None => false,
@@ -103,9 +103,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(off, data);
+                lock(&dev).write(off, data);
                 true
             }
             None => false,

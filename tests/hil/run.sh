@@ -161,7 +161,7 @@ if [ "$HIL_VMM" = vflaunch ]; then
     count "vflaunch check: both VFs usable" 2 'L1: check: ok +0000:'
     check "vflaunch check: the PF is refused, bound to igb" 'L1: check-pf: FAILED +0000:[0-9a-f:.]+: .*igb.*vfio-pci'
     check "a VM asking for a VF that another VM holds fails with exit 1" 'L1: busy-run rc=1$'
-    check "... after setting up the other VF, saying the group is held by another process" 'L1: busy-run: .*Cannot open VFIO device 0000:[0-9a-f:.]+: .*held by another process'
+    check "... after setting up the other VF, saying the group is held by another process" 'L1: busy-run: .*cannot open VFIO device 0000:[0-9a-f:.]+: .*held by another process'
     check "SIGTERM stops the VM holding the VF (exit 143)" 'L1: holder rc=143$'
     # shellcheck disable=SC2016 # a literal $ in the pattern
     check "vflaunch took VF1 from the device plugin's variable" 'device [0-9a-f:.]+ from \$PCIDEVICE_INTEL_COM_SRIOV'

@@ -39,7 +39,7 @@ pub enum AcpiError {
     #[error("ACPI tables ({0} bytes) overflow the BIOS area")]
     TooBig(u64),
     /// Writing guest memory failed.
-    #[error("Cannot write ACPI tables to guest memory")]
+    #[error("cannot write ACPI tables to guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
 

@@ -19,7 +19,7 @@ use super::regs::EntryMode;
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// Opening a boot file failed.
-    #[error("Cannot open {0}")]
+    #[error("cannot open {0}")]
     Open(String, #[source] std::io::Error),
     /// The kernel is neither a bzImage nor an ELF vmlinux.
     #[error("{0} is not a bzImage or ELF vmlinux kernel (bzImage: {1}; ELF: {2})")]
@@ -29,19 +29,19 @@ pub enum BootError {
         linux_loader::loader::Error,
     ),
     /// The initramfs does not fit in guest RAM below the kernel's limit.
-    #[error("Initramfs ({0} bytes) does not fit in guest memory: give the guest more --memory")]
+    #[error("initramfs ({0} bytes) does not fit in guest memory: give the guest more --memory")]
     InitrdTooBig(u64),
     /// Reading the initramfs into guest memory failed.
-    #[error("Cannot read the initramfs into guest memory")]
+    #[error("cannot read the initramfs into guest memory")]
     InitrdRead(#[source] vm_memory::GuestMemoryError),
     /// The command line is invalid.
-    #[error("Invalid kernel command line")]
+    #[error("invalid kernel command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
     /// Writing the command line failed.
-    #[error("Cannot write the kernel command line")]
+    #[error("cannot write the kernel command line")]
     CmdlineWrite(#[source] linux_loader::loader::Error),
     /// Writing boot structures failed.
-    #[error("Cannot write boot information to guest memory")]
+    #[error("cannot write boot information to guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
 

@@ -11,10 +11,10 @@ use super::layout;
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
     /// Guest memory write failed.
-    #[error("Cannot write boot structures to guest memory")]
+    #[error("cannot write boot structures to guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
     /// A KVM register ioctl failed.
-    #[error("Cannot set vCPU register state ({0})")]
+    #[error("cannot set vCPU register state ({0})")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     /// KVM accepted fewer MSRs than requested.
     #[error("KVM accepted only {0} of {1} boot MSRs")]
