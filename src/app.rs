@@ -2,11 +2,39 @@
 //! failure becomes one line on stderr.
 
 use crate::cli::{CheckArgs, Cli, Command, RunArgs};
-use crate::error::{error_chain, Error};
+use crate::error::{error_chain, exit_code};
 use crate::exit::ExitReason;
 use crate::host::checks::HostPaths;
 use crate::host::preflight::{self, Request};
-use crate::{intake, vmm};
+use crate::{cli, config, host, intake, vmm};
+
+/// Top-level error: which stage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line or configuration.
+    #[error(transparent)]
+    Cli(#[from] cli::CliError),
+    /// Bad configuration values.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A host pre-flight check failed.
+    #[error(transparent)]
+    Host(#[from] host::checks::HostError),
+    /// Building or running the VM failed.
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmmError),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Cli(_) | Error::Config(_) => exit_code::USAGE,
+            Error::Host(_) => exit_code::HOST,
+            Error::Vmm(_) => exit_code::VMM,
+        }
+    }
+}
 
 fn run(args: RunArgs, env: &[(String, String)]) -> Result<ExitReason, Error> {
     let cfg = args.into_config(env)?;

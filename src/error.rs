@@ -1,7 +1,5 @@
-//! The binary's view of failures: which stage failed, its exit code, and
-//! the whole cause chain on one line.
-
-use crate::{cli, config, host, vmm};
+//! Failures as the operator sees them: the process exit codes, and an
+//! error's whole cause chain on one line.
 
 /// Process exit codes (README "Exit codes").
 pub mod exit_code {
@@ -34,34 +32,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// Top-level error: which stage failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Bad command line or configuration.
-    #[error(transparent)]
-    Cli(#[from] cli::CliError),
-    /// Bad configuration values.
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    /// A host pre-flight check failed.
-    #[error(transparent)]
-    Host(#[from] host::checks::HostError),
-    /// Building or running the VM failed.
-    #[error(transparent)]
-    Vmm(#[from] vmm::VmmError),
-}
-
-impl Error {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Cli(_) | Error::Config(_) => exit_code::USAGE,
-            Error::Host(_) => exit_code::HOST,
-            Error::Vmm(_) => exit_code::VMM,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -28,13 +28,16 @@ pub enum ExitReason {
     VcpuError(String),
     /// The VMM was asked to stop (SIGINT/SIGTERM).
     Signal(i32),
+    /// The VMM itself stopped the guest (tear-down after an error, or a
+    /// controller's request).
+    Stopped,
 }
 
 impl ExitReason {
     /// Process exit code for this reason (see README "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::I8042Reset => exit_code::OK,
+            ExitReason::PowerOff | ExitReason::I8042Reset | ExitReason::Stopped => exit_code::OK,
             ExitReason::VcpuError(_) => exit_code::VMM,
             ExitReason::GuestReset | ExitReason::TripleFault => exit_code::GUEST_RESET,
             ExitReason::Signal(s) => exit_code::SIGNAL_BASE + s,
@@ -51,6 +54,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::TripleFault => write!(f, "guest triple-faulted"),
             ExitReason::VcpuError(e) => write!(f, "vCPU error: {e}"),
             ExitReason::Signal(s) => write!(f, "stopped by signal {s}"),
+            ExitReason::Stopped => write!(f, "the VMM stopped the guest"),
         }
     }
 }
@@ -173,6 +177,7 @@ mod tests {
         assert_eq!(ExitReason::GuestReset.exit_code(), 4);
         assert_eq!(ExitReason::VcpuError("x".into()).exit_code(), 1);
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
+        assert_eq!(ExitReason::Stopped.exit_code(), 0);
     }
 
     #[test]

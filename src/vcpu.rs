@@ -323,9 +323,7 @@ impl VcpuSet {
 impl Drop for VcpuSet {
     fn drop(&mut self) {
         if !self.handles.is_empty() {
-            self.control
-                .exit
-                .request(ExitReason::VcpuError("the VMM stopped the vCPUs".into()));
+            self.control.exit.request(ExitReason::Stopped);
             self.stop();
         }
     }

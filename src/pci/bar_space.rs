@@ -5,8 +5,7 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use super::root::SharedPciDevice;
-use super::{BarMove, PciDevice, TrapRange};
+use super::{BarMove, PciDevice, SharedPciDevice, TrapRange};
 use crate::arch::x86_64::layout::PciWindows;
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::sync::lock;

@@ -105,6 +105,9 @@ pub trait PciDevice: Send {
     }
 }
 
+/// Shared handle to a PCI device (the root's slots and the BAR traps hold it).
+pub type SharedPciDevice = std::sync::Arc<std::sync::Mutex<dyn PciDevice>>;
+
 /// Copies `bytes[offset..]` into `data`; bytes past the end read as 0xff.
 pub fn read_bytes(bytes: &[u8], offset: usize, data: &mut [u8]) {
     for (i, b) in data.iter_mut().enumerate() {

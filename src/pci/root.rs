@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::bar_space::BarSpace;
-use super::{merge_write, read_bytes, ConfigWriteResult, PciDevice};
+use super::{merge_write, read_bytes, ConfigWriteResult, PciDevice, SharedPciDevice};
 use crate::devices::bus::{BusDevice, BusError};
 use crate::sync::lock;
 
@@ -57,9 +57,6 @@ impl PciDevice for HostBridge {
         ConfigWriteResult::default()
     }
 }
-
-/// Shared handle to a PCI device.
-pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 
 /// Bus 0, its configuration ports and its BAR space.
 pub struct PciRoot {

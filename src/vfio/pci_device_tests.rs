@@ -9,7 +9,8 @@ use crate::devices::bus::Bus;
 use crate::pci::bar::BarAllocator;
 use crate::pci::bar_space::BarSpace;
 use crate::pci::msix::CTL_ENABLE;
-use crate::pci::root::{PciRoot, SharedPciDevice};
+use crate::pci::root::PciRoot;
+use crate::pci::SharedPciDevice;
 use crate::testing::{windows, MockMapper, MockRouter, MockVfio, W32};
 
 struct Fixture {

@@ -56,6 +56,7 @@ impl Vmm {
             state: VmState::Created,
             cpus: cfg.cpus,
             memory: cfg.memory,
+            layout: guest,
             boot_entry: None,
             vcpus: Vec::new(),
             running: None,
@@ -84,16 +85,15 @@ impl Vmm {
     /// The kernel and the firmware tables, before any device is touched: a
     /// bad kernel path or format fails here, with nothing to undo.
     pub(super) fn load_kernel(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
-        let guest = GuestLayout::new(self.memory);
         let entry = boot::load(
             &self.mem,
-            &guest,
+            &self.layout,
             &cfg.kernel,
             cfg.initramfs.as_deref(),
             &cfg.cmdline,
         )?;
         log::info!("kernel entry {:#x} ({:?})", entry.entry, entry.mode);
-        acpi::write_tables(&self.mem, cfg.cpus, guest.pci())?;
+        acpi::write_tables(&self.mem, cfg.cpus, self.layout.pci())?;
         self.boot_entry = Some(entry);
         Ok(())
     }
@@ -124,7 +124,7 @@ impl Vmm {
     /// The PCI host bridge on the config ports and ECAM, its BARs in the
     /// windows of the guest layout.
     pub(super) fn attach_pci(&mut self) -> Result<(), VmmError> {
-        let windows = GuestLayout::new(self.memory).pci();
+        let windows = self.layout.pci();
         let space = BarSpace::new(windows, self.mapper.clone(), &self.buses.mmio);
         let root = Arc::new(Mutex::new(PciRoot::new(space)));
         let port = (layout::PCI_CONFIG_PORT, layout::PCI_CONFIG_PORT_LEN);

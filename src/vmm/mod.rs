@@ -16,6 +16,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::boot::BootEntry;
+use crate::arch::x86_64::layout::GuestLayout;
 use crate::config::VmConfig;
 use crate::devices::bus::Buses;
 use crate::devices::serial::SerialConsole;
@@ -96,6 +97,8 @@ pub struct Vmm {
     state: VmState,
     cpus: u8,
     memory: u64,
+    /// The guest physical memory map, computed once from the RAM size.
+    layout: GuestLayout,
     boot_entry: Option<BootEntry>,
     vcpus: Vec<Vcpu>,
     running: Option<VcpuSet>,
@@ -238,11 +241,10 @@ impl Vmm {
             log::debug!("tear-down: {s}");
             lock(&journal).push(s);
         };
-        if !self.exit.requested() {
-            self.exit
-                .request(ExitReason::VcpuError("the VMM is shutting down".into()));
-        }
         if let Some(mut set) = self.running.take() {
+            if !self.exit.requested() {
+                self.exit.request(ExitReason::Stopped);
+            }
             set.stop();
             step("vcpus stopped");
         }
