@@ -1,11 +1,12 @@
 //! What each subcommand does, from parsed arguments to an exit code; every
 //! failure becomes one line on stderr.
 
-use crate::cli::{CheckArgs, Cli, Command, RunArgs};
+use crate::cli::{BindArgs, CheckArgs, Cli, Command, DoctorArgs, RunArgs};
 use crate::error::{error_chain, exit_code};
 use crate::exit::ExitReason;
 use crate::host::checks::HostPaths;
 use crate::host::preflight::{self, Request};
+use crate::host::{bind, doctor};
 use crate::{cli, config, host, intake, vmm};
 
 /// Top-level error: which stage failed.
@@ -23,6 +24,9 @@ pub enum Error {
     /// Building or running the VM failed.
     #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
+    /// `bind` or `unbind` refused or failed.
+    #[error(transparent)]
+    Bind(#[from] host::bind::BindError),
 }
 
 impl Error {
@@ -30,7 +34,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Cli(_) | Error::Config(_) => exit_code::USAGE,
-            Error::Host(_) => exit_code::HOST,
+            Error::Host(_) | Error::Bind(_) => exit_code::HOST,
             Error::Vmm(_) => exit_code::VMM,
         }
     }
@@ -61,6 +65,35 @@ fn check(args: CheckArgs, env: &[(String, String)]) -> Result<i32, Error> {
     ))
 }
 
+fn doctor(args: DoctorArgs) -> i32 {
+    let req = doctor::Request {
+        devices: &args.devices,
+        memory: args.memory,
+    };
+    let probes = doctor::Probes {
+        memlock: &host::checks::check_memlock,
+        vf_links: &doctor::netlink::vf_links,
+    };
+    doctor::report(
+        &HostPaths::default(),
+        &req,
+        &probes,
+        args.json,
+        &mut std::io::stdout(),
+    )
+}
+
+fn bind(args: BindArgs, to_vfio: bool) -> Result<i32, Error> {
+    let p = HostPaths::default();
+    let out = &mut std::io::stdout();
+    if to_vfio {
+        bind::bind(&p, &bind::Sysfs, &args.devices, out)?;
+    } else {
+        bind::unbind(&p, &bind::Sysfs, &args.devices, out)?;
+    }
+    Ok(exit_code::OK)
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     let env = intake::process_env();
@@ -73,6 +106,9 @@ pub fn execute(cli: Cli) -> i32 {
             code
         }),
         Command::Check(args) => check(args, &env),
+        Command::Doctor(args) => Ok(doctor(args)),
+        Command::Bind(args) => bind(args, true),
+        Command::Unbind(args) => bind(args, false),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vflaunch: error: {}", error_chain(&e));

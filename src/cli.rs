@@ -27,7 +27,9 @@ Examples:
   # PCIDEVICE_* / PCI_RESOURCE_* variables and /etc/podinfo/network-info
   vflaunch run --config /etc/vflaunch/vm.json
 
-Run `vflaunch check` first to verify KVM, the IOMMU, vfio-pci binding and memlock.";
+Run `vflaunch doctor` first: it checks the whole SR-IOV host setup, one line each with the
+fix; `vflaunch bind BDF` moves a VF to vfio-pci; `vflaunch check` runs the pre-flight checks
+for one VM.";
 
 /// Printed after `vflaunch run --help`: the console, logging and exit codes.
 const RUN_AFTER_HELP: &str = "\
@@ -77,6 +79,34 @@ pub enum Command {
     Run(RunArgs),
     /// Only run the host pre-flight checks; prints one line per check, exits non-zero on failure
     Check(CheckArgs),
+    /// Check the whole SR-IOV host setup, one line per check with the fix; exits 3 if anything failed
+    Doctor(DoctorArgs),
+    /// Move devices to vfio-pci (driver_override, unbind, probe), recording the driver each had
+    Bind(BindArgs),
+    /// Give devices bound with `vflaunch bind` back to the driver they had
+    Unbind(BindArgs),
+}
+
+/// Arguments of `vflaunch doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also run every `vflaunch check` check on this device (repeatable, comma-separated)
+    #[arg(long = "device", value_name = "BDF", value_delimiter = ',')]
+    pub devices: Vec<Bdf>,
+    /// Guest memory to check locked memory and huge pages against, same format as `run --memory`
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512M")]
+    pub memory: u64,
+    /// Print one JSON document instead of lines
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `vflaunch bind` and `vflaunch unbind`.
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// PCI devices, DDDD:BB:DD.F or BB:DD.F
+    #[arg(required = true, value_name = "BDF")]
+    pub devices: Vec<Bdf>,
 }
 
 /// Where passed-through devices come from; shared by `run` and `check`.

@@ -265,3 +265,34 @@ fn check_args() {
     let (_, devices) = f.check("--device 0000:04:00.0 --devices-from-env", &env);
     assert_eq!(devices, bdfs(&["0000:04:00.0", "0000:03:02.1"]));
 }
+
+#[test]
+fn doctor_bind_and_unbind_arguments() {
+    let f = fixture();
+    let cli = f
+        .parse("doctor --device 02:10.0,0000:02:10.4 --memory 2G --json")
+        .unwrap();
+    let Command::Doctor(args) = cli.command else {
+        panic!("{cli:?}")
+    };
+    assert_eq!(args.devices, bdfs(&["0000:02:10.0", "0000:02:10.4"]));
+    assert_eq!((args.memory, args.json), (2 << 30, true));
+    let Command::Doctor(args) = f.parse("doctor").unwrap().command else {
+        panic!()
+    };
+    assert_eq!(
+        (args.devices.len(), args.memory, args.json),
+        (0, 512 << 20, false)
+    );
+    let Command::Bind(args) = f.parse("bind 02:10.0 02:11.4").unwrap().command else {
+        panic!()
+    };
+    assert_eq!(args.devices, bdfs(&["0000:02:10.0", "0000:02:11.4"]));
+    let Command::Unbind(args) = f.parse("unbind 0000:02:10.0").unwrap().command else {
+        panic!()
+    };
+    assert_eq!(args.devices, bdfs(&["0000:02:10.0"]));
+    let err = f.parse("bind").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    assert!(f.parse("unbind 02:10.9").is_err());
+}

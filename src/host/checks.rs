@@ -15,13 +15,14 @@ use super::bdf::Bdf;
 use crate::config::format_size;
 
 /// The driver a passed-through device must be bound to.
-const VFIO_PCI: &str = "vfio-pci";
+pub(crate) const VFIO_PCI: &str = "vfio-pci";
 /// Drivers that may hold other devices of the same IOMMU group.
-const GROUP_SAFE_DRIVERS: [&str; 3] = [VFIO_PCI, "pci-stub", "pcieport"];
+pub(crate) const GROUP_SAFE_DRIVERS: [&str; 3] = [VFIO_PCI, "pci-stub", "pcieport"];
 /// Capability number of CAP_IPC_LOCK.
-const CAP_IPC_LOCK: u32 = 14;
+pub(crate) const CAP_IPC_LOCK: u32 = 14;
 /// The vfio_iommu_type1 module parameter that permits missing interrupt remapping.
-const UNSAFE_IRQ_PARAM: &str = "module/vfio_iommu_type1/parameters/allow_unsafe_interrupts";
+pub(crate) const UNSAFE_IRQ_PARAM: &str =
+    "module/vfio_iommu_type1/parameters/allow_unsafe_interrupts";
 
 /// Roots of the host file systems the checks read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +33,10 @@ pub struct HostPaths {
     pub dev: PathBuf,
     /// procfs, normally `/proc`.
     pub proc: PathBuf,
+    /// Kernel images and their configs (`config-<release>`), normally `/boot`.
+    pub boot: PathBuf,
+    /// Run-time state (`vflaunch/bind.json` of `vflaunch bind`), normally `/run`.
+    pub run: PathBuf,
 }
 
 impl Default for HostPaths {
@@ -40,6 +45,8 @@ impl Default for HostPaths {
             sys: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
             proc: PathBuf::from("/proc"),
+            boot: PathBuf::from("/boot"),
+            run: PathBuf::from("/run"),
         }
     }
 }
@@ -105,7 +112,7 @@ pub enum HostError {
         group: u32,
     },
     /// Another device in the group is bound to a host driver.
-    #[error("IOMMU group {group} of {bdf} is not viable: {}; unbind them or bind them to vfio-pci too (a group is passed through as a whole)", offenders(.others))]
+    #[error("IOMMU group {group} of {bdf} is not viable: {}; unbind them or bind them to vfio-pci too, e.g. `vflaunch bind` with every address (a group is passed through as a whole)", offenders(.others))]
     GroupNotViable {
         /// The device.
         bdf: Bdf,
@@ -172,7 +179,7 @@ fn not_bound_msg(bdf: &Bdf, driver: Option<&str>) -> String {
         ),
         None => ("has no driver".to_string(), String::new()),
     };
-    format!("PCI device {bdf} {state}, not vfio-pci: run `modprobe vfio-pci; echo vfio-pci > {dev}/driver_override;{unbind} echo {bdf} > /sys/bus/pci/drivers_probe`")
+    format!("PCI device {bdf} {state}, not vfio-pci: run `modprobe vfio-pci; echo vfio-pci > {dev}/driver_override;{unbind} echo {bdf} > /sys/bus/pci/drivers_probe` (or `vflaunch bind {bdf}`, which records the driver to give it back to)")
 }
 
 fn offenders(others: &[(String, String)]) -> String {
@@ -192,7 +199,7 @@ fn no_remap_msg(module_param: bool) -> &'static str {
 }
 
 /// The last component of a symlink's target, e.g. the driver name.
-fn link_name(link: &Path) -> Option<String> {
+pub(crate) fn link_name(link: &Path) -> Option<String> {
     let target = fs::read_link(link).ok()?;
     Some(target.file_name()?.to_str()?.to_string())
 }
@@ -275,13 +282,13 @@ pub fn check_kvm(p: &HostPaths) -> Result<(), HostError> {
 }
 
 /// Parses the CapEff bit mask from `/proc/<pid>/status` text.
-fn parse_cap_eff(status: &str) -> Option<u64> {
+pub(crate) fn parse_cap_eff(status: &str) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(line.trim(), 16).ok()
 }
 
 /// Whether `need` bytes can be locked with this limit (`u64::MAX` = unlimited).
-fn memlock_sufficient(limit: u64, cap_ipc_lock: bool, need: u64) -> bool {
+pub(crate) fn memlock_sufficient(limit: u64, cap_ipc_lock: bool, need: u64) -> bool {
     cap_ipc_lock || limit >= need
 }
 
@@ -315,7 +322,7 @@ pub fn check_memlock(guest_memory: u64) -> Result<(), HostError> {
     }
 }
 
-fn is_ir_chip(name: &str) -> bool {
+pub(crate) fn is_ir_chip(name: &str) -> bool {
     ["IR-", "INTEL-IR", "AMD-IR"]
         .iter()
         .any(|prefix| name.starts_with(prefix))

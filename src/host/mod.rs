@@ -1,9 +1,12 @@
 //! The host side: device addresses (`bdf`), the host checks (`checks`) and
-//! the one pre-flight sequence over them (`preflight`), and the terminal the
-//! guest console runs on (`terminal`).
+//! the one pre-flight sequence over them (`preflight`), the whole-host
+//! report of `vflaunch doctor` (`doctor`), moving devices to vfio-pci and
+//! back (`bind`), and the terminal the guest console runs on (`terminal`).
 
 pub mod bdf;
+pub mod bind;
 pub mod checks;
+pub mod doctor;
 #[cfg(test)]
 pub mod fake;
 pub mod preflight;
