@@ -20,5 +20,6 @@ check "doctor --json: one document, exit code 0" 'L1: doctor-json: [1-9][0-9]* c
 check "unbind without a record: the kernel gave VF1 to igbvf" 'L1: bind-rt: after unbind \(not recorded\): driver=igbvf$'
 check "doctor: VF1 on igbvf, the fix is vflaunch bind" 'L1: doctor-igbvf: WARN +VF 0000:[0-9a-f:.]+ driver: igbvf .*; fix: vflaunch bind 0000:'
 check "bind: VF1 igbvf -> vfio-pci, igbvf recorded" 'L1: bind-rt: after bind: driver=vfio-pci state=\{"0000:[0-9a-f:.]+":"igbvf"\}'
+# shellcheck disable=SC2016 # literal backquotes in the pattern
 check "unbind: VF1 back to the recorded igbvf" 'L1: unbind: 0000:[0-9a-f:.]+: vfio-pci -> igbvf \(as before `vflaunch bind`\)'
 check "bind again: VF1 on vfio-pci for L2" 'L1: bind-rt: after bind again: driver=vfio-pci$'
