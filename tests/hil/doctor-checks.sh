@@ -1,6 +1,25 @@
 # shellcheck shell=bash
 # Verdict lines for tests/hil/l1-doctor, sourced by run.sh (HIL_VMM=vflaunch)
-# after its check/count helpers are defined.
+# after its check/count helpers are defined. HIL_IOMMU (on, nointremap, none)
+# is the L1 variant, as in l1-doctor.
+case "${HIL_IOMMU:-on}" in
+nointremap)
+    check "doctor: no interrupt remapping, the vIOMMU fix named" 'L1: doctor: FAILED +interrupt remapping: off: VFIO refuses devices.*; fix: .*-device intel-iommu,intremap=on'
+    check "doctor: the IOMMU itself is fine" 'L1: doctor: ok +IOMMU active: dmar[0-9]+'
+    check "doctor: exit 3" 'L1: doctor rc=3$'
+    check "vflaunch check still refuses: no interrupt remapping" 'L1: check: FAILED +interrupt remapping'
+    check "vflaunch run still refuses (exit 3)" '^\[hil +[0-9.]+s\] VFLAUNCH_EXIT=3$'
+    return 0
+    ;;
+none)
+    check "doctor: no DMAR/IVRS table, the vIOMMU fix named" 'L1: doctor: FAILED +firmware IOMMU table: no ACPI DMAR or IVRS table; fix: .*-device intel-iommu,intremap=on'
+    check "doctor: no IOMMU groups" 'L1: doctor: FAILED +IOMMU active: no IOMMU groups'
+    count "doctor: each VF without an IOMMU group" 2 'L1: doctor: FAILED +VF 0000:[0-9a-f:.]+ IOMMU group: none'
+    check "doctor: exit 3" 'L1: doctor rc=3$'
+    check "vflaunch run still refuses (exit 3)" '^\[hil +[0-9.]+s\] VFLAUNCH_EXIT=3$'
+    return 0
+    ;;
+esac
 check "doctor: nothing failed on the emulated host (exit 0)" 'L1: doctor rc=0$'
 check "doctor: CPU virtualization (svm under TCG)" 'L1: doctor: ok +CPU virtualization: svm'
 check "doctor: L1 is itself a VM: nested KVM noted" 'L1: doctor: ok +nested KVM: this host is itself a VM'
