@@ -5,11 +5,11 @@
 
 use std::path::Path;
 
+use super::kconfig::NOIOMMU_PARAM;
 use super::netlink::{format_mac, LinkState, NetlinkError, VfLink};
 use super::{dir_names, read_value, Line};
 use crate::host::bdf::Bdf;
 use crate::host::checks::{link_name, HostPaths, GROUP_SAFE_DRIVERS, VFIO_PCI};
-use crate::host::doctor::kconfig::NOIOMMU_PARAM;
 
 /// PCI class code of a PCI-to-PCI bridge (upper 16 bits of `class`).
 const CLASS_BRIDGE: u32 = 0x0604;
