@@ -1,9 +1,12 @@
 //! What each subcommand does, from parsed arguments to an exit code; every
 //! failure becomes one line on stderr.
 
-use crate::cli::{CheckArgs, Cli, Command, RunArgs};
+use std::time::Duration;
+
+use crate::api::client;
+use crate::cli::{ApiArgs, CheckArgs, Cli, Command, ControlArgs, PingArgs, RunArgs};
+use crate::control::{ControlError, Controller, Options};
 use crate::error::{error_chain, exit_code};
-use crate::exit::ExitReason;
 use crate::host::checks::HostPaths;
 use crate::host::preflight::{self, Request};
 use crate::{cli, config, host, intake, vmm};
@@ -20,23 +23,52 @@ pub enum Error {
     /// A host pre-flight check failed.
     #[error(transparent)]
     Host(#[from] host::checks::HostError),
+    /// The API socket, the event monitor or signal plumbing.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// Building or running the VM failed.
     #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
+    /// The API of a running vflaunch could not be reached.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// A body file for `vflaunch api` could not be read.
+    #[error("cannot read the request body file {0}")]
+    BodyFile(String, #[source] std::io::Error),
+    /// No subcommand and no API socket.
+    #[error("nothing to do: give a subcommand (run, check, ping, api) or --api-socket PATH")]
+    NothingToDo,
 }
 
 impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Cli(_) | Error::Config(_) => exit_code::USAGE,
+            Error::Cli(_) | Error::Config(_) | Error::NothingToDo | Error::BodyFile(..) => {
+                exit_code::USAGE
+            }
             Error::Host(_) => exit_code::HOST,
-            Error::Vmm(_) => exit_code::VMM,
+            Error::Control(_) | Error::Vmm(_) | Error::Client(_) => exit_code::VMM,
         }
     }
 }
 
-fn run(args: RunArgs, env: &[(String, String)]) -> Result<ExitReason, Error> {
+fn options(c: &ControlArgs) -> Options {
+    if c.seccomp != "false" {
+        log::info!(
+            "--seccomp {}: syscall filters are not in this build yet",
+            c.seccomp
+        );
+    }
+    Options {
+        api_socket: c.api_socket.clone(),
+        event_monitor: c.event_monitor.clone(),
+        shutdown_timeout: Duration::from_secs(c.shutdown_timeout),
+    }
+}
+
+fn run(args: RunArgs, env: &[(String, String)]) -> Result<i32, Error> {
+    let controller = Controller::new(options(&args.control), HostPaths::default())?;
     let cfg = args.into_config(env)?;
     let req = Request {
         devices: &cfg.devices,
@@ -44,7 +76,7 @@ fn run(args: RunArgs, env: &[(String, String)]) -> Result<ExitReason, Error> {
         allow_unsafe_interrupts: cfg.allow_unsafe_interrupts,
     };
     let devices = preflight::preflight(&HostPaths::default(), &req)?;
-    Ok(vmm::run(&cfg, &devices)?)
+    Ok(controller.run_vm(cfg, &devices)?)
 }
 
 fn check(args: CheckArgs, env: &[(String, String)]) -> Result<i32, Error> {
@@ -61,18 +93,61 @@ fn check(args: CheckArgs, env: &[(String, String)]) -> Result<i32, Error> {
     ))
 }
 
+fn ping(args: PingArgs) -> Result<i32, Error> {
+    let t = Duration::from_secs(args.timeout);
+    let a = client::call(&args.api_socket, "GET", "vmm.ping", None, t)?;
+    println!("{}", a.body);
+    Ok(if a.status == 200 {
+        exit_code::OK
+    } else {
+        exit_code::VMM
+    })
+}
+
+fn api(args: ApiArgs) -> Result<i32, Error> {
+    let body = match args.body.as_deref() {
+        Some(b) if b.starts_with('@') => {
+            let path = &b[1..];
+            Some(
+                crate::host::read::read_capped(path)
+                    .map_err(|e| Error::BodyFile(path.to_string(), e))?,
+            )
+        }
+        other => other.map(str::to_string),
+    };
+    let t = Duration::from_secs(args.timeout);
+    let a = client::call(
+        &args.api_socket,
+        &args.method,
+        &args.endpoint,
+        body.as_deref(),
+        t,
+    )?;
+    if !a.body.is_empty() {
+        println!("{}", a.body);
+    }
+    eprintln!("vflaunch: HTTP {}", a.status);
+    Ok(if (200..300).contains(&a.status) {
+        exit_code::OK
+    } else {
+        exit_code::VMM
+    })
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     let env = intake::process_env();
     let result = match cli.command {
-        Command::Run(args) => run(args, &env).map(|reason| {
-            let code = reason.exit_code();
-            if code != 0 {
-                eprintln!("vflaunch: {reason} (exit code {code})");
-            }
-            code
-        }),
-        Command::Check(args) => check(args, &env),
+        Some(Command::Run(args)) => run(args, &env),
+        Some(Command::Check(args)) => check(args, &env),
+        Some(Command::Ping(args)) => ping(args),
+        Some(Command::Api(args)) => api(args),
+        None if cli.control.api_socket.is_some() => {
+            Controller::new(options(&cli.control), HostPaths::default())
+                .map(Controller::run_api)
+                .map_err(Error::from)
+        }
+        None => Err(Error::NothingToDo),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vflaunch: error: {}", error_chain(&e));

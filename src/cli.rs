@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 
 use crate::config::{
-    parse_size, ConfigError, FileConfig, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY, MAX_CPUS,
+    parse_serial, parse_size, ConfigError, FileConfig, SerialMode, VmConfig, DEFAULT_CMDLINE,
+    DEFAULT_MEMORY, MAX_CPUS,
 };
+use crate::events::{parse_target, EventTarget};
 use crate::host::bdf::Bdf;
 use crate::intake::{
     devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
@@ -64,9 +66,48 @@ pub enum CliError {
 #[command(name = "vflaunch", version, long_about = LONG_ABOUT)]
 #[command(about = "Boot a Linux guest under KVM with SR-IOV VFs passed through via VFIO")]
 pub struct Cli {
-    /// What to do.
+    /// What to do; with none, `--api-socket` starts an empty VMM that waits for `vm.create`.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// The controls of an API-driven VMM (the launch line of Kata's clh driver).
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+impl Cli {
+    /// The log level `-v` asks for: warn, then info, debug, trace.
+    pub fn log_level(&self) -> &'static str {
+        let v = match &self.command {
+            Some(Command::Run(r)) => r.control.verbose.max(self.control.verbose),
+            _ => self.control.verbose,
+        };
+        ["warn", "info", "debug"]
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or("trace")
+    }
+}
+
+/// How an orchestrator controls the VMM: API socket, events, lifecycle.
+#[derive(Clone, Debug, Args)]
+pub struct ControlArgs {
+    /// Serve Cloud Hypervisor's REST API (HTTP/1.1, /api/v1/) on this unix socket
+    /// (mode 0600; a stale socket is replaced, a live one refused)
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Write lifecycle events as JSON lines: path=PATH or fd=N
+    #[arg(long, value_name = "path=PATH|fd=N", value_parser = parse_target)]
+    pub event_monitor: Option<EventTarget>,
+    /// Seconds the guest gets to power off after SIGTERM presses its power button;
+    /// then (or on a second SIGTERM, or SIGINT) it is stopped hard
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    pub shutdown_timeout: u64,
+    /// More log lines on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Seccomp filtering: true, false or log (accepted for Cloud Hypervisor's launch line)
+    #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
+    pub seccomp: String,
 }
 
 /// The subcommands.
@@ -77,6 +118,39 @@ pub enum Command {
     Run(RunArgs),
     /// Only run the host pre-flight checks; prints one line per check, exits non-zero on failure
     Check(CheckArgs),
+    /// Ask a running vflaunch whether its API answers (exit 0 if it does): a readiness probe
+    Ping(PingArgs),
+    /// Send one API request to a running vflaunch and print the answer
+    Api(ApiArgs),
+}
+
+/// Arguments of `vflaunch ping`.
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// The API socket of the running vflaunch
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// Seconds to wait for the answer
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub timeout: u64,
+}
+
+/// Arguments of `vflaunch api`.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The API socket of the running vflaunch
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// GET or PUT
+    #[arg(value_parser = ["GET", "PUT"])]
+    pub method: String,
+    /// The endpoint under /api/v1/, e.g. vm.info or vm.create
+    pub endpoint: String,
+    /// JSON body (for vm.create, vm.add-device); @FILE reads it from a file
+    pub body: Option<String>,
+    /// Seconds to wait for the answer
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
 }
 
 /// Where passed-through devices come from; shared by `run` and `check`.
@@ -138,6 +212,13 @@ pub struct RunArgs {
     /// arbitrary interrupts); the host also needs vfio_iommu_type1 allow_unsafe_interrupts=1
     #[arg(long)]
     pub allow_unsafe_interrupts: bool,
+    /// Where the guest's serial console goes: tty (this terminal), null (discarded),
+    /// off (no UART) or file=PATH [default: tty]
+    #[arg(long, value_name = "MODE", value_parser = parse_serial)]
+    pub serial: Option<SerialMode>,
+    /// API socket, events and lifecycle.
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// Arguments of `vflaunch check`.
@@ -207,12 +288,12 @@ impl DeviceArgs {
 impl RunArgs {
     /// Merges flags, the `--config` file and defaults into a validated
     /// [`VmConfig`]. `env` is the process environment (`std::env::vars()`).
-    pub fn into_config(self, env: &[(String, String)]) -> Result<VmConfig, CliError> {
+    pub fn into_config(&self, env: &[(String, String)]) -> Result<VmConfig, CliError> {
         self.into_config_with(env, Path::new(NETWORK_INFO_PATH))
     }
 
     fn into_config_with(
-        self,
+        &self,
         env: &[(String, String)],
         default_network_info: &Path,
     ) -> Result<VmConfig, CliError> {
@@ -220,7 +301,11 @@ impl RunArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let kernel = self.kernel.or(file.kernel).ok_or(CliError::NoKernel)?;
+        let kernel = self
+            .kernel
+            .clone()
+            .or(file.kernel)
+            .ok_or(CliError::NoKernel)?;
         let given = !self.intake.devices.is_empty() || file.devices.is_some();
         let explicit = self
             .intake
@@ -233,9 +318,10 @@ impl RunArgs {
             .collect(explicit, given, env, default_network_info)?;
         let cfg = VmConfig {
             kernel,
-            initramfs: self.initramfs.or(file.initramfs),
+            initramfs: self.initramfs.clone().or(file.initramfs),
             cmdline: self
                 .cmdline
+                .clone()
                 .or(file.cmdline)
                 .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             memory: self.memory.or(file.memory).unwrap_or(DEFAULT_MEMORY),
@@ -244,6 +330,7 @@ impl RunArgs {
             hugepages: self.hugepages || file.hugepages.unwrap_or(false),
             allow_unsafe_interrupts: self.allow_unsafe_interrupts
                 || file.allow_unsafe_interrupts.unwrap_or(false),
+            serial: self.serial.clone().unwrap_or_default(),
         };
         cfg.validate()?;
         Ok(cfg)

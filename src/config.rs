@@ -91,6 +91,9 @@ pub enum ConfigError {
     /// The kernel command line is too long.
     #[error("kernel command line is {0} bytes: keep it under {MAX_CMDLINE_LEN}")]
     CmdlineTooLong(usize),
+    /// A `--serial` value that is not a mode.
+    #[error("--serial {0:?}: use tty, null, off or file=PATH")]
+    Serial(String),
     /// The kernel command line contains a NUL byte.
     #[error("kernel command line contains a NUL byte: remove it")]
     CmdlineNul,
@@ -193,6 +196,33 @@ impl FileConfig {
     }
 }
 
+/// Where the guest's serial console (COM1) goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialMode {
+    /// This process's stdout, and stdin for input (raw mode on a terminal).
+    #[default]
+    Tty,
+    /// A UART whose output is discarded.
+    Null,
+    /// No UART at all.
+    Off,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// Parses `--serial tty|null|off|file=PATH`.
+pub fn parse_serial(s: &str) -> Result<SerialMode, ConfigError> {
+    match s {
+        "tty" => Ok(SerialMode::Tty),
+        "null" => Ok(SerialMode::Null),
+        "off" => Ok(SerialMode::Off),
+        _ => match s.strip_prefix("file=").filter(|p| !p.is_empty()) {
+            Some(p) => Ok(SerialMode::File(PathBuf::from(p))),
+            None => Err(ConfigError::Serial(s.to_string())),
+        },
+    }
+}
+
 /// Everything the VMM needs to boot one guest.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmConfig {
@@ -214,6 +244,8 @@ pub struct VmConfig {
     pub hugepages: bool,
     /// Run even if the host has no interrupt remapping.
     pub allow_unsafe_interrupts: bool,
+    /// Where COM1 goes.
+    pub serial: SerialMode,
 }
 
 impl VmConfig {
@@ -228,6 +260,7 @@ impl VmConfig {
             devices: Vec::new(),
             hugepages: false,
             allow_unsafe_interrupts: false,
+            serial: SerialMode::Tty,
         }
     }
 

@@ -121,15 +121,28 @@ impl Device {
     /// The host address in `path`, checked.
     pub fn bdf(&self, field: &str) -> Result<Bdf, RequestError> {
         if self.iommu {
-            return Err(unsupported(&format!("{field}.iommu"), true, "there is no virtual IOMMU; the host IOMMU isolates the device"));
+            return Err(unsupported(
+                &format!("{field}.iommu"),
+                true,
+                "there is no virtual IOMMU; the host IOMMU isolates the device",
+            ));
         }
         let path = self.path.as_deref().ok_or(RequestError::Missing("path"))?;
         let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
         if !path.starts_with("/sys/bus/pci/devices/") {
-            return Err(unsupported(&format!("{field}.path"), path, "give /sys/bus/pci/devices/<BDF>"));
+            return Err(unsupported(
+                &format!("{field}.path"),
+                path,
+                "give /sys/bus/pci/devices/<BDF>",
+            ));
         }
-        name.parse()
-            .map_err(|_| unsupported(&format!("{field}.path"), path, "the last component must be a PCI address like 0000:03:02.1"))
+        name.parse().map_err(|_| {
+            unsupported(
+                &format!("{field}.path"),
+                path,
+                "the last component must be a PCI address like 0000:03:02.1",
+            )
+        })
     }
 }
 
@@ -140,8 +153,6 @@ pub struct Console {
     pub mode: String,
     /// With File.
     pub file: Option<PathBuf>,
-    /// With Socket.
-    pub socket: Option<PathBuf>,
 }
 
 /// `platform`.
@@ -238,12 +249,17 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, RequestError> {
             return Err(unsupported(field, v, why));
         }
     }
-    let b: CreateBody = serde_json::from_value(body.clone()).map_err(|e| RequestError::Json(e.to_string()))?;
+    let b: CreateBody =
+        serde_json::from_value(body.clone()).map_err(|e| RequestError::Json(e.to_string()))?;
     for (field, on, why) in [
         ("iommu", b.iommu, "there is no virtual IOMMU"),
         ("watchdog", b.watchdog, "there is no watchdog device"),
         ("pvpanic", b.pvpanic, "there is no pvpanic device"),
-        ("landlock_enable", b.landlock_enable, "Landlock is not available; use --seccomp"),
+        (
+            "landlock_enable",
+            b.landlock_enable,
+            "Landlock is not available; use --seccomp",
+        ),
     ] {
         if on {
             return Err(unsupported(field, true, why));
@@ -251,12 +267,18 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, RequestError> {
     }
     let payload = b.payload.unwrap_or_default();
     if let Some(f) = &payload.firmware {
-        return Err(unsupported("payload.firmware", f, "vflaunch boots a kernel directly: give payload.kernel"));
+        return Err(unsupported(
+            "payload.firmware",
+            f,
+            "vflaunch boots a kernel directly: give payload.kernel",
+        ));
     }
     if let Some(f) = &payload.igvm {
         return Err(unsupported("payload.igvm", f, "give payload.kernel"));
     }
-    let kernel = payload.kernel.ok_or(RequestError::Missing("payload.kernel"))?;
+    let kernel = payload
+        .kernel
+        .ok_or(RequestError::Missing("payload.kernel"))?;
     let mut config = VmConfig::new(kernel);
     config.initramfs = payload.initramfs;
     if let Some(c) = payload.cmdline {
@@ -284,12 +306,15 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, RequestError> {
         }
     }
     if let Some(c) = b.console.as_ref().filter(|c| c.mode != "Off") {
-        return Err(unsupported("console.mode", &c.mode, "virtio-console is not available: use serial"));
+        return Err(unsupported(
+            "console.mode",
+            &c.mode,
+            "virtio-console is not available: use serial",
+        ));
     }
     let serial = b.serial.unwrap_or(Console {
         mode: "Tty".into(),
         file: None,
-        socket: None,
     });
     check_serial(&serial)?;
     Ok(CreateRequest {
@@ -305,10 +330,18 @@ fn apply_cpus(config: &mut VmConfig, cpus: &Cpus) -> Result<(), RequestError> {
         return Err(unsupported("cpus.boot_vcpus", boot, "use 1 to 32"));
     }
     if let Some(max) = cpus.max_vcpus.filter(|m| *m != boot) {
-        return Err(unsupported("cpus.max_vcpus", max, "vCPU hotplug is not available: make max_vcpus equal boot_vcpus"));
+        return Err(unsupported(
+            "cpus.max_vcpus",
+            max,
+            "vCPU hotplug is not available: make max_vcpus equal boot_vcpus",
+        ));
     }
     if cpus.kvm_hyperv {
-        return Err(unsupported("cpus.kvm_hyperv", true, "Hyper-V enlightenments are not available"));
+        return Err(unsupported(
+            "cpus.kvm_hyperv",
+            true,
+            "Hyper-V enlightenments are not available",
+        ));
     }
     if let Some(t) = &cpus.topology {
         for (field, v) in [
@@ -317,7 +350,11 @@ fn apply_cpus(config: &mut VmConfig, cpus: &Cpus) -> Result<(), RequestError> {
             ("cpus.topology.packages", t.packages),
         ] {
             if let Some(v) = v.filter(|v| *v > 1) {
-                return Err(unsupported(field, v, "vflaunch gives the guest one package of one-thread cores"));
+                return Err(unsupported(
+                    field,
+                    v,
+                    "vflaunch gives the guest one package of one-thread cores",
+                ));
             }
         }
     }
@@ -328,30 +365,61 @@ fn apply_cpus(config: &mut VmConfig, cpus: &Cpus) -> Result<(), RequestError> {
 fn apply_memory(config: &mut VmConfig, m: &Memory) -> Result<(), RequestError> {
     config.memory = m.size;
     config.hugepages = m.hugepages;
-    if let Some(s) = m.hugepage_size.filter(|s| m.hugepages && *s != HUGEPAGE_SIZE) {
-        return Err(unsupported("memory.hugepage_size", s, "only 2 MiB huge pages (2097152)"));
+    if let Some(s) = m
+        .hugepage_size
+        .filter(|s| m.hugepages && *s != HUGEPAGE_SIZE)
+    {
+        return Err(unsupported(
+            "memory.hugepage_size",
+            s,
+            "only 2 MiB huge pages (2097152)",
+        ));
     }
     if m.mergeable {
-        return Err(unsupported("memory.mergeable", true, "KSM merging is not available"));
+        return Err(unsupported(
+            "memory.mergeable",
+            true,
+            "KSM merging is not available",
+        ));
     }
     if !m.zones.is_empty() {
-        return Err(unsupported("memory.zones", &m.zones, "memory zones are not available"));
+        return Err(unsupported(
+            "memory.zones",
+            &m.zones,
+            "memory zones are not available",
+        ));
     }
     Ok(())
 }
 
 fn check_platform(p: &Platform) -> Result<(), RequestError> {
     for (field, on, why) in [
-        ("platform.tdx", p.tdx, "confidential guests are not available"),
-        ("platform.sev_snp", p.sev_snp, "confidential guests are not available"),
-        ("platform.iommufd", p.iommufd, "the iommufd backend is not available yet"),
+        (
+            "platform.tdx",
+            p.tdx,
+            "confidential guests are not available",
+        ),
+        (
+            "platform.sev_snp",
+            p.sev_snp,
+            "confidential guests are not available",
+        ),
+        (
+            "platform.iommufd",
+            p.iommufd,
+            "the iommufd backend is not available yet",
+        ),
     ] {
         if on {
             return Err(unsupported(field, true, why));
         }
     }
     if !p.iommu_segments.is_empty() {
-        return Err(unsupported("platform.iommu_segments", &p.iommu_segments, "there is no virtual IOMMU"));
+        return Err(unsupported(
+            "platform.iommu_segments",
+            &p.iommu_segments,
+            "there is no virtual IOMMU",
+        ));
     }
     if let Some(n) = p.num_pci_segments.filter(|n| *n > 1) {
         log::info!("platform.num_pci_segments={n}: vflaunch has one PCI segment; every device goes on segment 0");
@@ -364,30 +432,12 @@ fn check_serial(s: &Console) -> Result<(), RequestError> {
         "Off" | "Null" | "Tty" => Ok(()),
         "File" if s.file.is_some() => Ok(()),
         "File" => Err(RequestError::Missing("serial.file")),
-        other => Err(unsupported("serial.mode", other, "use Off, Null, Tty or File")),
+        other => Err(unsupported(
+            "serial.mode",
+            other,
+            "use Off, Null, Tty or File",
+        )),
     }
-}
-
-/// `GET vmm.ping`.
-#[derive(Debug, Serialize)]
-pub struct Ping {
-    /// The release.
-    pub version: String,
-    /// The build.
-    pub build_version: String,
-    /// The VMM's process ID.
-    pub pid: u32,
-    /// Optional features built in.
-    pub features: Vec<String>,
-}
-
-/// `PUT vm.add-device` answer.
-#[derive(Debug, Serialize)]
-pub struct PciDeviceInfo {
-    /// The device's id.
-    pub id: String,
-    /// Its guest address, `0000:00:XX.0`.
-    pub bdf: String,
 }
 
 #[cfg(test)]

@@ -30,7 +30,10 @@ fn katas_defaults_are_accepted() {
     assert_eq!(r.config.initramfs, Some(PathBuf::from("/i")));
     assert_eq!(r.config.cmdline, "console=ttyS0 quiet");
     assert_eq!((r.config.cpus, r.config.memory), (2, 512 << 20));
-    assert_eq!(r.config.devices, vec!["0000:03:02.1".parse::<Bdf>().unwrap()]);
+    assert_eq!(
+        r.config.devices,
+        vec!["0000:03:02.1".parse::<Bdf>().unwrap()]
+    );
     assert_eq!(r.device_ids, vec![Some("vfio0".to_string())]);
     assert_eq!(r.serial.mode, "Off");
 }
@@ -45,19 +48,49 @@ fn refused(patch: impl FnOnce(&mut Value)) -> String {
 fn missing_features_are_refused_naming_field_and_value() {
     let cases: Vec<(Box<dyn FnOnce(&mut Value)>, &str)> = vec![
         (Box::new(|b| b["iommu"] = json!(true)), "iommu=true"),
-        (Box::new(|b| b["cpus"]["max_vcpus"] = json!(4)), "cpus.max_vcpus=4"),
-        (Box::new(|b| b["disks"] = json!([{"path": "/d"}])), "disks=[{\"path\":\"/d\"}]"),
+        (
+            Box::new(|b| b["cpus"]["max_vcpus"] = json!(4)),
+            "cpus.max_vcpus=4",
+        ),
+        (
+            Box::new(|b| b["disks"] = json!([{"path": "/d"}])),
+            "disks=[{\"path\":\"/d\"}]",
+        ),
         (Box::new(|b| b["net"] = json!([{"tap": "t0"}])), "net="),
         (Box::new(|b| b["fs"] = json!([{"tag": "x"}])), "fs="),
-        (Box::new(|b| b["vsock"] = json!({"cid": 3, "socket": "/s"})), "vsock="),
-        (Box::new(|b| b["devices"][0]["iommu"] = json!(true)), "devices[0].iommu=true"),
-        (Box::new(|b| b["devices"][0]["path"] = json!("/dev/vfio/4")), "devices[0].path=\"/dev/vfio/4\""),
+        (
+            Box::new(|b| b["vsock"] = json!({"cid": 3, "socket": "/s"})),
+            "vsock=",
+        ),
+        (
+            Box::new(|b| b["devices"][0]["iommu"] = json!(true)),
+            "devices[0].iommu=true",
+        ),
+        (
+            Box::new(|b| b["devices"][0]["path"] = json!("/dev/vfio/4")),
+            "devices[0].path=\"/dev/vfio/4\"",
+        ),
         (Box::new(|b| b["memory"]["hugepages"] = json!(true)), ""),
-        (Box::new(|b| b["console"]["mode"] = json!("Tty")), "console.mode=\"Tty\""),
-        (Box::new(|b| b["serial"]["mode"] = json!("Pty")), "serial.mode=\"Pty\""),
-        (Box::new(|b| b["platform"]["tdx"] = json!(true)), "platform.tdx=true"),
-        (Box::new(|b| b["payload"]["firmware"] = json!("/fw")), "payload.firmware=\"/fw\""),
-        (Box::new(|b| b["cpus"]["topology"]["threads_per_core"] = json!(2)), "threads_per_core=2"),
+        (
+            Box::new(|b| b["console"]["mode"] = json!("Tty")),
+            "console.mode=\"Tty\"",
+        ),
+        (
+            Box::new(|b| b["serial"]["mode"] = json!("Pty")),
+            "serial.mode=\"Pty\"",
+        ),
+        (
+            Box::new(|b| b["platform"]["tdx"] = json!(true)),
+            "platform.tdx=true",
+        ),
+        (
+            Box::new(|b| b["payload"]["firmware"] = json!("/fw")),
+            "payload.firmware=\"/fw\"",
+        ),
+        (
+            Box::new(|b| b["cpus"]["topology"]["threads_per_core"] = json!(2)),
+            "threads_per_core=2",
+        ),
     ];
     for (patch, want) in cases {
         let mut b = kata_body();
@@ -71,19 +104,30 @@ fn missing_features_are_refused_naming_field_and_value() {
         }
     }
     // Empty lists and false flags ask for nothing.
-    assert!(create_request(&json!({"payload": {"kernel": "/k"}, "disks": [], "net": null})).is_ok());
+    assert!(
+        create_request(&json!({"payload": {"kernel": "/k"}, "disks": [], "net": null})).is_ok()
+    );
 }
 
 #[test]
 fn kernel_is_required_and_bodies_must_be_objects() {
-    assert_eq!(refused(|b| b["payload"] = json!({})), "payload.kernel is required");
-    assert!(create_request(&json!([1, 2])).unwrap_err().to_string().starts_with("invalid JSON body"));
+    assert_eq!(
+        refused(|b| b["payload"] = json!({})),
+        "payload.kernel is required"
+    );
+    assert!(create_request(&json!([1, 2]))
+        .unwrap_err()
+        .to_string()
+        .starts_with("invalid JSON body"));
     assert!(refused(|b| b["cpus"]["boot_vcpus"] = json!("two")).starts_with("invalid JSON body"));
 }
 
 #[test]
 fn device_paths_with_and_without_trailing_slash() {
-    for p in ["/sys/bus/pci/devices/0000:03:02.1", "/sys/bus/pci/devices/0000:03:02.1/"] {
+    for p in [
+        "/sys/bus/pci/devices/0000:03:02.1",
+        "/sys/bus/pci/devices/0000:03:02.1/",
+    ] {
         let d = Device {
             path: Some(p.into()),
             id: None,

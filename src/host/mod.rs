@@ -7,4 +7,5 @@ pub mod checks;
 #[cfg(test)]
 pub mod fake;
 pub mod preflight;
+pub mod read;
 pub mod terminal;

@@ -11,9 +11,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{VmState, Vmm, VmmError};
 use crate::arch::x86_64::layout::{self, GuestLayout};
 use crate::arch::x86_64::{acpi, boot};
-use crate::config::VmConfig;
+use crate::config::{SerialMode, VmConfig};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::{Buses, SharedDevice};
+use crate::devices::ged::Ged;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialConsole, Unbuffered};
 use crate::exit::ExitSignal;
@@ -62,9 +63,10 @@ impl Vmm {
             running: None,
             control: VcpuControl::new(exit.clone()),
             terminal: None,
-            signals: None,
             serial: None,
+            power_button: None,
             vfio: Vec::new(),
+            slots: Vec::new(),
             router: None,
             bars: None,
             container: None,
@@ -105,20 +107,53 @@ impl Vmm {
             .map_err(VmmError::Bus)
     }
 
-    /// COM1 (console on stdout), the i8042 reset port and the ACPI PM register.
-    pub(super) fn attach_legacy_devices(&mut self) -> Result<(), VmmError> {
-        let serial_irq = eventfd()?;
-        self.vm
-            .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
-            .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
-        let out = Box::new(Unbuffered(std::io::stdout()));
-        let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
-        self.add_pio(layout::SERIAL_PORT, layout::SERIAL_PORT_LEN, serial.clone())?;
-        self.serial = Some(serial);
+    /// COM1 (console on stdout), the i8042 reset port, the ACPI PM register
+    /// and the Generic Event Device with its power button.
+    pub(super) fn attach_legacy_devices(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
+        let out: Box<dyn std::io::Write + Send> = match &cfg.serial {
+            SerialMode::Tty => Box::new(Unbuffered(std::io::stdout())),
+            SerialMode::Null => Box::new(std::io::sink()),
+            SerialMode::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| VmmError::Os("cannot open the serial output file", e))?,
+            ),
+            SerialMode::Off => Box::new(std::io::sink()),
+        };
+        if cfg.serial != SerialMode::Off {
+            let serial_irq = eventfd()?;
+            self.vm
+                .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+                .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
+            let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
+            self.add_pio(layout::SERIAL_PORT, layout::SERIAL_PORT_LEN, serial.clone())?;
+            // Only a terminal console reads the keyboard.
+            if cfg.serial == SerialMode::Tty {
+                self.serial = Some(serial);
+            }
+        }
         let i8042 = Arc::new(Mutex::new(I8042::new(self.exit.clone())));
         self.add_pio(layout::I8042_PORT, layout::I8042_PORT_LEN, i8042)?;
         let pm = Arc::new(Mutex::new(AcpiPm::new(self.exit.clone())));
-        self.add_pio(layout::ACPI_PM_PORT, layout::ACPI_PM_PORT_LEN, pm)
+        self.add_pio(layout::ACPI_PM_PORT, layout::ACPI_PM_PORT_LEN, pm)?;
+        let ged_irq = eventfd()?;
+        self.vm
+            .register_irqfd(&ged_irq, layout::ACPI_GED_IRQ)
+            .map_err(|e| VmmError::VmSetup("wire the GED interrupt", e))?;
+        let (ged, trigger) =
+            Ged::new(ged_irq).map_err(|e| VmmError::Os("cannot create an eventfd", e))?;
+        self.buses
+            .mmio
+            .insert(
+                layout::ACPI_GED_START.0,
+                layout::ACPI_GED_SIZE,
+                Arc::new(Mutex::new(ged)),
+            )
+            .map_err(VmmError::Bus)?;
+        self.power_button = Some(trigger);
+        Ok(())
     }
 
     /// The PCI host bridge on the config ports and ECAM, its BARs in the
@@ -187,6 +222,7 @@ impl Vmm {
         self.vfio.push(dev.clone());
         let slot = root.add_device(dev)?;
         log::info!("{name}: passed through as guest PCI 0000:00:{slot:02x}.0");
+        self.slots.push((name.to_string(), slot));
         Ok(())
     }
 

@@ -458,17 +458,28 @@ fn aml_decoder_rejects_truncated_input() {
 #[test]
 fn ged_notifies_the_power_button() {
     let objs = named_objects(&dsdt_aml(windows())).expect("the dsdt decodes to its end");
-    assert_eq!(*lookup(&objs, "\\_SB_.GED_._HID"), Obj::Str("ACPI0013".into()));
+    assert_eq!(
+        *lookup(&objs, "\\_SB_.GED_._HID"),
+        Obj::Str("ACPI0013".into())
+    );
     let ged_crs = crs(&objs, "\\_SB_.GED_._CRS");
     let base = layout::ACPI_GED_START.0 as u32;
     assert_eq!(
         ged_crs,
-        vec![Res::Irq(vec![layout::ACPI_GED_IRQ]), Res::Mem32 { base, len: 1 }]
+        vec![
+            Res::Irq(vec![layout::ACPI_GED_IRQ]),
+            Res::Mem32 { base, len: 1 }
+        ]
     );
     let region = lookup(&objs, "\\_SB_.GED_.GDST");
-    assert_eq!(*region, Obj::Region(0, layout::ACPI_GED_START.0, 1), "system memory, one byte");
-    assert!(objs.iter().any(|(n, o)| n == "\\_SB_.GED_.GDST"
-        && *o == Obj::Field(vec![("GDAT".into(), 8)])));
+    assert_eq!(
+        *region,
+        Obj::Region(0, layout::ACPI_GED_START.0, 1),
+        "system memory, one byte"
+    );
+    assert!(objs
+        .iter()
+        .any(|(n, o)| n == "\\_SB_.GED_.GDST" && *o == Obj::Field(vec![("GDAT".into(), 8)])));
     let Obj::Method(flags, body) = lookup(&objs, "\\_SB_.GED_._EVT") else {
         panic!("_EVT is not a method");
     };
@@ -476,7 +487,10 @@ fn ged_notifies_the_power_button() {
     // Store(GDAT, Local0); If(And(Local0, bit)) { Notify(\_SB_.PWRB, 0x80) }
     let has = |n: &[u8]| body.windows(n.len()).any(|w| w == n);
     assert!(has(&[0x70]) && has(b"GDAT") && has(&[0x60]), "{body:02x?}");
-    assert!(has(&[0x7b, 0x60, 0x0a, crate::devices::ged::EVENT_POWER_BUTTON]), "{body:02x?}");
+    assert!(
+        has(&[0x7b, 0x60, 0x0a, crate::devices::ged::EVENT_POWER_BUTTON]),
+        "{body:02x?}"
+    );
     assert!(has(b"\\_SB_PWRB") || has(b"_SB_PWRB"), "{body:02x?}");
     assert!(has(&[0x0a, 0x80]), "notify value 0x80: {body:02x?}");
     // PNP0C0C as a compressed EISA id.
