@@ -69,7 +69,7 @@ fn options(c: &ControlArgs) -> Options {
 
 fn run(args: RunArgs, env: &[(String, String)]) -> Result<i32, Error> {
     let controller = Controller::new(options(&args.control), HostPaths::default())?;
-    let cfg = args.into_config(env)?;
+    let cfg = args.to_config(env)?;
     let req = Request {
         devices: &cfg.devices,
         memory: cfg.memory,

@@ -288,11 +288,11 @@ impl DeviceArgs {
 impl RunArgs {
     /// Merges flags, the `--config` file and defaults into a validated
     /// [`VmConfig`]. `env` is the process environment (`std::env::vars()`).
-    pub fn into_config(&self, env: &[(String, String)]) -> Result<VmConfig, CliError> {
-        self.into_config_with(env, Path::new(NETWORK_INFO_PATH))
+    pub fn to_config(&self, env: &[(String, String)]) -> Result<VmConfig, CliError> {
+        self.to_config_with(env, Path::new(NETWORK_INFO_PATH))
     }
 
-    fn into_config_with(
+    fn to_config_with(
         &self,
         env: &[(String, String)],
         default_network_info: &Path,

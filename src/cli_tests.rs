@@ -39,13 +39,14 @@ impl Fixture {
     }
     /// `vflaunch run ARGS` → config; the default network-info path is `$D/network-info`.
     fn run(&self, args: &str, env: &[(&str, &str)]) -> Result<VmConfig, CliError> {
-        let Command::Run(run) = self.parse(&format!("run {args}")).unwrap().command else {
+        let Some(Command::Run(run)) = self.parse(&format!("run {args}")).unwrap().command else {
             panic!("not run");
         };
-        run.into_config_with(&env_vec(env), &self.0.path().join("network-info"))
+        run.to_config_with(&env_vec(env), &self.0.path().join("network-info"))
     }
     fn check(&self, args: &str, env: &[(&str, &str)]) -> (CheckArgs, Vec<Bdf>) {
-        let Command::Check(check) = self.parse(&format!("check {args}")).unwrap().command else {
+        let Some(Command::Check(check)) = self.parse(&format!("check {args}")).unwrap().command
+        else {
             panic!("not check");
         };
         let devices = check.devices_with(&env_vec(env), &self.0.path().join("network-info"));

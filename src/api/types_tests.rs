@@ -46,7 +46,8 @@ fn refused(patch: impl FnOnce(&mut Value)) -> String {
 
 #[test]
 fn missing_features_are_refused_naming_field_and_value() {
-    let cases: Vec<(Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+    type Patch = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(Patch, &str)> = vec![
         (Box::new(|b| b["iommu"] = json!(true)), "iommu=true"),
         (
             Box::new(|b| b["cpus"]["max_vcpus"] = json!(4)),
