@@ -225,3 +225,64 @@ fn create_refuses_what_vflaunch_lacks_and_checks_the_host_first() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// schemathesis (installed by tests/run.sh, named by `VFLAUNCH_SCHEMATHESIS`)
+/// against the live server, bridged to TCP on loopback by socat, with a VM
+/// created first so that the VM endpoints meet every state: no 5xx, status
+/// codes, content types and bodies as resources/api/vflaunch-api.yaml says.
+#[test]
+fn the_server_answers_as_its_openapi_description_says() {
+    let name = "the_server_answers_as_its_openapi_description_says";
+    let Some(st) = std::env::var_os("VFLAUNCH_SCHEMATHESIS") else {
+        return skip(
+            name,
+            "VFLAUNCH_SCHEMATHESIS is not set (tests/run.sh installs schemathesis)",
+        );
+    };
+    if let Some(why) = kvm_unusable() {
+        return skip(name, &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(
+        dir.path(),
+        "spin.elf",
+        &elf64(&tiny_spin_code(b"up\n"), false),
+    );
+    let sock = dir.path().join("api.sock");
+    let mut vmm = start_vmm(&sock, &dir.path().join("events"));
+    assert_eq!(
+        api(&sock, "PUT", "vm.create", Some(&kata_body(&kernel))).0,
+        204
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut socat = std::process::Command::new("socat")
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .spawn()
+        .expect("socat (tests/run.sh installs it)");
+    std::thread::sleep(Duration::from_millis(300));
+    let spec = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/resources/api/vflaunch-api.yaml"
+    );
+    let out = std::process::Command::new(st)
+        .args(["run", spec, "--url", &format!("http://127.0.0.1:{port}/api/v1")])
+        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args(["--exclude-path", "/vmm.shutdown", "-n", "25", "--seed", "7", "-w", "1"])
+        .args(["--no-color", "--generation-database", "none"])
+        .output()
+        .unwrap();
+    let _ = socat.kill();
+    let _ = socat.wait();
+    let _ = vmm.kill();
+    let _ = vmm.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(" passed"), "{text}");
+}
