@@ -213,7 +213,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_unsafe_interrupts: bool,
     /// Where the guest's serial console goes: tty (this terminal), null (discarded),
-    /// off (no UART) or file=PATH [default: tty]
+    /// off (no UART), file=PATH, or socket=PATH (a unix socket a console client attaches
+    /// to at any time; output is kept in a bounded buffer meanwhile) [default: tty]
     #[arg(long, value_name = "MODE", value_parser = parse_serial)]
     pub serial: Option<SerialMode>,
     /// API socket, events and lifecycle.

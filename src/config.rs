@@ -92,7 +92,7 @@ pub enum ConfigError {
     #[error("kernel command line is {0} bytes: keep it under {MAX_CMDLINE_LEN}")]
     CmdlineTooLong(usize),
     /// A `--serial` value that is not a mode.
-    #[error("--serial {0:?}: use tty, null, off or file=PATH")]
+    #[error("--serial {0:?}: use tty, null, off, file=PATH or socket=PATH")]
     Serial(String),
     /// The kernel command line contains a NUL byte.
     #[error("kernel command line contains a NUL byte: remove it")]
@@ -208,18 +208,25 @@ pub enum SerialMode {
     Off,
     /// Appended to a file.
     File(PathBuf),
+    /// A unix socket that a console client attaches to at any time.
+    Socket(PathBuf),
 }
 
-/// Parses `--serial tty|null|off|file=PATH`.
+/// Parses `--serial tty|null|off|file=PATH|socket=PATH`.
 pub fn parse_serial(s: &str) -> Result<SerialMode, ConfigError> {
     match s {
         "tty" => Ok(SerialMode::Tty),
         "null" => Ok(SerialMode::Null),
         "off" => Ok(SerialMode::Off),
-        _ => match s.strip_prefix("file=").filter(|p| !p.is_empty()) {
-            Some(p) => Ok(SerialMode::File(PathBuf::from(p))),
-            None => Err(ConfigError::Serial(s.to_string())),
-        },
+        _ => {
+            let file = s.strip_prefix("file=").filter(|p| !p.is_empty());
+            let socket = s.strip_prefix("socket=").filter(|p| !p.is_empty());
+            match (file, socket) {
+                (Some(p), _) => Ok(SerialMode::File(PathBuf::from(p))),
+                (_, Some(p)) => Ok(SerialMode::Socket(PathBuf::from(p))),
+                _ => Err(ConfigError::Serial(s.to_string())),
+            }
+        }
     }
 }
 

@@ -162,3 +162,30 @@ fn a_second_sigterm_stops_at_once() {
     );
     assert!(stderr.contains("stopped by signal 15"), "{stderr}");
 }
+
+#[test]
+fn the_console_socket_keeps_output_for_a_late_client() {
+    if let Some(why) = kvm_unusable() {
+        return skip("the_console_socket_keeps_output_for_a_late_client", &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(
+        dir.path(),
+        "spin.elf",
+        &elf64(&tiny_spin_code(b"hello from COM1\n"), false),
+    );
+    let sock = dir.path().join("console.sock");
+    let serial = format!("socket={}", sock.display());
+    let mut child = start(&kernel, &["--serial", &serial, "--shutdown-timeout", "1"]);
+    // The guest prints before anyone listens; the line waits in the buffer.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = [0u8; 16];
+    c.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"hello from COM1\n");
+    sigterm(&child);
+    let (status, _, stderr) = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(!sock.exists(), "the console socket is removed at exit");
+}

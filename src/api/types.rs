@@ -153,6 +153,8 @@ pub struct Console {
     pub mode: String,
     /// With File.
     pub file: Option<PathBuf>,
+    /// With Socket.
+    pub socket: Option<PathBuf>,
 }
 
 /// `platform`.
@@ -315,6 +317,7 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, RequestError> {
     let serial = b.serial.unwrap_or(Console {
         mode: "Tty".into(),
         file: None,
+        socket: None,
     });
     check_serial(&serial)?;
     Ok(CreateRequest {

@@ -375,6 +375,7 @@ impl Controller {
             "Off" => SerialMode::Off,
             "Null" => SerialMode::Null,
             "File" => SerialMode::File(serial.file.unwrap_or_default()),
+            "Socket" => SerialMode::Socket(serial.socket.unwrap_or_default()),
             _ => SerialMode::Tty,
         };
         self.preflight(&config)?;

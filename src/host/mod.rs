@@ -4,6 +4,7 @@
 
 pub mod bdf;
 pub mod checks;
+pub mod console_socket;
 #[cfg(test)]
 pub mod fake;
 pub mod preflight;

@@ -19,6 +19,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialConsole, Unbuffered};
 use crate::exit::ExitSignal;
 use crate::host::checks::HostDevice;
+use crate::host::console_socket::{self, ConsoleSocket};
 use crate::interrupts::KvmMsiRouter;
 use crate::memory;
 use crate::pci::bar::BarAllocator;
@@ -65,6 +66,7 @@ impl Vmm {
             terminal: None,
             serial: None,
             power_button: None,
+            console_socket: None,
             vfio: Vec::new(),
             slots: Vec::new(),
             router: None,
@@ -110,7 +112,15 @@ impl Vmm {
     /// COM1 (console on stdout), the i8042 reset port, the ACPI PM register
     /// and the Generic Event Device with its power button.
     pub(super) fn attach_legacy_devices(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
+        let os = |what| move |e| VmmError::Os(what, e);
+        let mut socket = None;
         let out: Box<dyn std::io::Write + Send> = match &cfg.serial {
+            SerialMode::Socket(_) => {
+                let (out, pipe) =
+                    console_socket::output().map_err(os("cannot create an eventfd"))?;
+                socket = Some(pipe);
+                Box::new(out)
+            }
             SerialMode::Tty => Box::new(Unbuffered(std::io::stdout())),
             SerialMode::Null => Box::new(std::io::sink()),
             SerialMode::File(p) => Box::new(
@@ -129,6 +139,12 @@ impl Vmm {
                 .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
             let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
             self.add_pio(layout::SERIAL_PORT, layout::SERIAL_PORT_LEN, serial.clone())?;
+            if let (SerialMode::Socket(path), Some(pipe)) = (&cfg.serial, &socket) {
+                let s = ConsoleSocket::start(path, pipe, serial.clone())
+                    .map_err(os("cannot serve the console socket"))?;
+                log::info!("serial console on {}", path.display());
+                self.console_socket = Some(s);
+            }
             // Only a terminal console reads the keyboard.
             if cfg.serial == SerialMode::Tty {
                 self.serial = Some(serial);

@@ -107,6 +107,7 @@ pub struct Vmm {
     terminal: Option<RawTerminal>,
     serial: Option<Arc<Mutex<SerialConsole>>>,
     power_button: Option<GedTrigger>,
+    console_socket: Option<crate::host::console_socket::ConsoleSocket>,
     vfio: Vec<Arc<Mutex<VfioPciDevice>>>,
     slots: Vec<(String, u8)>,
     router: Option<Arc<KvmMsiRouter>>,
@@ -256,6 +257,7 @@ impl Vmm {
             log::info!("guest ran for {:.3} s", t.elapsed().as_secs_f64());
         }
         self.terminal = None;
+        self.console_socket = None;
         for d in &self.vfio {
             lock(d).quiesce();
         }
