@@ -33,16 +33,18 @@ Run `vflaunch check` first to verify KVM, the IOMMU, vfio-pci binding and memloc
 
 /// Printed after `vflaunch run --help`: the console, logging and exit codes.
 const RUN_AFTER_HELP: &str = "\
-The guest's serial console is this terminal (stdin/stdout); Ctrl-A x quits.
-Logs go to stderr: RUST_LOG=info (or debug).
+The guest's serial console is this terminal (stdin/stdout) unless --serial says
+otherwise; Ctrl-A x quits. Logs go to stderr: -v, -vv, or RUST_LOG=info (or debug).
+SIGTERM presses the guest's ACPI power button and waits --shutdown-timeout seconds
+for it to power off; a second SIGTERM, or SIGINT, stops it at once.
 
 Exit codes:
-  0    the guest powered off (or reset through the i8042 controller, reboot=k)
+  0    the guest powered off (also after SIGTERM), or reset through the i8042 controller
   1    the VMM failed (one line on stderr says where)
   2    bad command line or configuration
   3    a host pre-flight check failed (see `vflaunch check`)
   4    the guest rebooted, triple-faulted or panicked (panic=-1)
-  128+N stopped by signal N (Ctrl-A x counts as SIGINT)";
+  128+N stopped hard by signal N (SIGINT, Ctrl-A x, a second SIGTERM, or the timeout)";
 
 /// Errors from turning the command line into a VM configuration.
 #[derive(Debug, Error)]
