@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use crate::api::client;
 use crate::cli::{ApiArgs, CheckArgs, Cli, Command, ControlArgs, PingArgs, RunArgs};
-use crate::control::{ControlError, Controller, Options};
+use crate::control::{request_for, ControlError, Controller, Options};
 use crate::error::{error_chain, exit_code};
+use crate::host::backend::Preopened;
 use crate::host::checks::HostPaths;
 use crate::host::preflight::{self, Request};
 use crate::{cli, config, host, intake, vmm};
@@ -70,21 +71,23 @@ fn options(c: &ControlArgs) -> Options {
 fn run(args: RunArgs, env: &[(String, String)]) -> Result<i32, Error> {
     let controller = Controller::new(options(&args.control), HostPaths::default())?;
     let cfg = args.to_config(env)?;
-    let req = Request {
-        devices: &cfg.devices,
-        memory: cfg.memory,
-        allow_unsafe_interrupts: cfg.allow_unsafe_interrupts,
-    };
-    let devices = preflight::preflight(&HostPaths::default(), &req)?;
-    Ok(controller.run_vm(cfg, &devices)?)
+    let checked = preflight::preflight(&HostPaths::default(), &request_for(&cfg))?;
+    Ok(controller.run_vm(cfg, &checked)?)
 }
 
 fn check(args: CheckArgs, env: &[(String, String)]) -> Result<i32, Error> {
     let devices = args.devices(env)?;
+    let (_, fds) = args.intake.explicit_fds()?;
+    let preopened = Preopened {
+        iommufd: args.iommufd_fd,
+        devices: fds,
+    };
     let req = Request {
         devices: &devices,
         memory: args.memory,
         allow_unsafe_interrupts: args.allow_unsafe_interrupts,
+        backend: args.vfio_backend.unwrap_or_default(),
+        preopened: &preopened,
     };
     Ok(preflight::report(
         &HostPaths::default(),

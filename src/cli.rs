@@ -11,10 +11,12 @@ use crate::config::{
     DEFAULT_MEMORY, MAX_CPUS,
 };
 use crate::events::{parse_target, EventTarget};
+use crate::host::backend::{BackendChoice, Preopened};
 use crate::host::bdf::Bdf;
 use crate::intake::{
     devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
 };
+use std::os::fd::RawFd;
 
 const LONG_ABOUT: &str = "\
 Boot a Linux guest under KVM with PCI devices - typically SR-IOV NIC virtual
@@ -58,6 +60,9 @@ pub enum CliError {
     /// The environment or the network-info file has bad device addresses.
     #[error(transparent)]
     Intake(#[from] IntakeError),
+    /// `fd=N` came before any address in `--device`.
+    #[error("--device fd={0} names no device: write it after the address, e.g. --device 0000:03:02.1,fd={0}")]
+    FdWithoutDevice(RawFd),
     /// `--devices-from-env` was given but no device was found there.
     #[error("--devices-from-env found no devices: no PCIDEVICE_*/PCI_RESOURCE_* variable lists an address and no network-info file names one; check the pod's resource requests or pass --device")]
     NoEnvDevices,
@@ -159,14 +164,15 @@ pub struct ApiArgs {
 #[derive(Clone, Debug, Args)]
 pub struct DeviceArgs {
     /// PCI device to pass through, bound to vfio-pci: DDDD:BB:DD.F or BB:DD.F in hex,
-    /// e.g. 0000:03:02.1. Repeat the flag or give a comma-separated list
+    /// e.g. 0000:03:02.1. Repeat the flag or give a comma-separated list; `BDF,fd=N`
+    /// names the device's vfio cdev already opened by the launcher (iommufd backend)
     #[arg(
         long = "device",
         visible_alias = "vfio",
-        value_name = "BDF",
+        value_name = "BDF[,fd=N]",
         value_delimiter = ','
     )]
-    pub devices: Vec<Bdf>,
+    pub devices: Vec<DeviceToken>,
     /// Also take devices from PCIDEVICE_* / PCI_RESOURCE_* variables and the network-info
     /// file [default: on when no device is given by --device or --config]
     #[arg(long, conflicts_with = "no_devices_from_env")]
@@ -178,6 +184,49 @@ pub struct DeviceArgs {
     /// [default: /etc/podinfo/network-info, if it exists and env intake is on]
     #[arg(long, value_name = "PATH", conflicts_with = "no_devices_from_env")]
     pub network_info: Option<PathBuf>,
+}
+
+/// One comma-separated item of `--device`: an address, or the cdev
+/// descriptor of the address before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceToken {
+    /// A PCI address.
+    Bdf(Bdf),
+    /// `fd=N`.
+    Fd(RawFd),
+}
+
+impl std::str::FromStr for DeviceToken {
+    type Err = crate::host::bdf::PciAddrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("fd=").map(str::parse::<RawFd>) {
+            Some(Ok(fd)) if fd >= 0 => Ok(DeviceToken::Fd(fd)),
+            _ => s.parse().map(DeviceToken::Bdf),
+        }
+    }
+}
+
+/// The addresses given with `--device`, and the descriptors given for them.
+pub type Explicit = (Vec<Bdf>, Vec<(Bdf, RawFd)>);
+
+impl DeviceArgs {
+    /// The addresses given, and the descriptors given for them.
+    pub fn explicit_fds(&self) -> Result<Explicit, CliError> {
+        self.explicit()
+    }
+
+    fn explicit(&self) -> Result<Explicit, CliError> {
+        let (mut bdfs, mut fds) = (Vec::new(), Vec::new());
+        for t in &self.devices {
+            match *t {
+                DeviceToken::Bdf(b) => bdfs.push(b),
+                DeviceToken::Fd(fd) => {
+                    fds.push((*bdfs.last().ok_or(CliError::FdWithoutDevice(fd))?, fd))
+                }
+            }
+        }
+        Ok((bdfs, fds))
+    }
 }
 
 /// Arguments of `vflaunch run`.
@@ -219,6 +268,14 @@ pub struct RunArgs {
     /// to at any time; output is kept in a bounded buffer meanwhile) [default: tty]
     #[arg(long, value_name = "MODE", value_parser = parse_serial)]
     pub serial: Option<SerialMode>,
+    /// The VFIO interface: iommufd with vfio cdevs, the legacy group/container, or auto
+    /// (iommufd when /dev/iommu exists and every device has a cdev) [default: auto]
+    #[arg(long, value_name = "auto|group|iommufd")]
+    pub vfio_backend: Option<BackendChoice>,
+    /// An iommufd (/dev/iommu) already opened by the launcher; with `--device BDF,fd=N`
+    /// vflaunch then needs no access to /dev/iommu or /dev/vfio
+    #[arg(long, value_name = "N")]
+    pub iommufd_fd: Option<RawFd>,
     /// API socket, events and lifecycle.
     #[command(flatten)]
     pub control: ControlArgs,
@@ -236,6 +293,12 @@ pub struct CheckArgs {
     /// Accept a host without interrupt remapping (see `run --allow-unsafe-interrupts`)
     #[arg(long)]
     pub allow_unsafe_interrupts: bool,
+    /// The VFIO interface to check for (see `run --vfio-backend`) [default: auto]
+    #[arg(long, value_name = "auto|group|iommufd")]
+    pub vfio_backend: Option<BackendChoice>,
+    /// An iommufd already opened by the launcher (see `run --iommufd-fd`)
+    #[arg(long, value_name = "N")]
+    pub iommufd_fd: Option<RawFd>,
 }
 
 impl DeviceArgs {
@@ -309,13 +372,11 @@ impl RunArgs {
             .clone()
             .or(file.kernel)
             .ok_or(CliError::NoKernel)?;
-        let given = !self.intake.devices.is_empty() || file.devices.is_some();
-        let explicit = self
-            .intake
-            .devices
-            .iter()
-            .chain(file.devices.iter().flatten())
-            .copied();
+        let (flags, fds) = self.intake.explicit()?;
+        let given = !flags.is_empty() || file.devices.is_some();
+        let explicit = flags
+            .into_iter()
+            .chain(file.devices.iter().flatten().copied());
         let devices = self
             .intake
             .collect(explicit, given, env, default_network_info)?;
@@ -334,6 +395,11 @@ impl RunArgs {
             allow_unsafe_interrupts: self.allow_unsafe_interrupts
                 || file.allow_unsafe_interrupts.unwrap_or(false),
             serial: self.serial.clone().unwrap_or_default(),
+            vfio_backend: self.vfio_backend.or(file.vfio_backend).unwrap_or_default(),
+            preopened: Preopened {
+                iommufd: self.iommufd_fd,
+                devices: fds,
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -352,8 +418,8 @@ impl CheckArgs {
         env: &[(String, String)],
         default_network_info: &Path,
     ) -> Result<Vec<Bdf>, CliError> {
-        let explicit = self.intake.devices.iter().copied();
-        let given = !self.intake.devices.is_empty();
+        let (explicit, _) = self.intake.explicit()?;
+        let given = !explicit.is_empty();
         self.intake
             .collect(explicit, given, env, default_network_info)
     }

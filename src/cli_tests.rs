@@ -266,3 +266,28 @@ fn check_args() {
     let (_, devices) = f.check("--device 0000:04:00.0 --devices-from-env", &env);
     assert_eq!(devices, bdfs(&["0000:04:00.0", "0000:03:02.1"]));
 }
+
+#[test]
+fn device_fds_and_backend() {
+    let f = fixture();
+    let cfg = f
+        .run("--kernel $D/k --device 0000:03:02.1,fd=7,03:02.2 --iommufd-fd 5 --vfio-backend iommufd", &[])
+        .unwrap();
+    assert_eq!(cfg.devices, bdfs(&["0000:03:02.1", "0000:03:02.2"]));
+    assert_eq!(cfg.preopened.devices, vec![(bdfs(&["0000:03:02.1"])[0], 7)]);
+    assert_eq!(cfg.preopened.iommufd, Some(5));
+    assert_eq!(
+        cfg.vfio_backend,
+        crate::host::backend::BackendChoice::Iommufd
+    );
+    let err = f
+        .run("--kernel $D/k --device fd=7,0000:03:02.1", &[])
+        .unwrap_err();
+    assert!(matches!(err, CliError::FdWithoutDevice(7)), "{err}");
+    let err = f.parse("run --vfio-backend vfio").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    assert_eq!(
+        f.run("--kernel $D/k", &[]).unwrap().vfio_backend,
+        Default::default()
+    );
+}

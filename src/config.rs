@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::host::backend::{BackendChoice, Preopened};
 use crate::host::bdf::Bdf;
 
 /// Guest memory used when none is given: 512 MiB.
@@ -44,7 +45,7 @@ pub enum ConfigError {
         source: io::Error,
     },
     /// The config file's JSON is malformed or has an unknown field.
-    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts")]
+    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts, vfio_backend")]
     JsonFile {
         /// The file.
         path: PathBuf,
@@ -163,6 +164,8 @@ pub struct FileConfig {
     pub hugepages: Option<bool>,
     /// Run even without host interrupt remapping.
     pub allow_unsafe_interrupts: Option<bool>,
+    /// `auto`, `group` or `iommufd`.
+    pub vfio_backend: Option<BackendChoice>,
 }
 
 /// Deserializes `"memory"` from a size string or a number of MiB.
@@ -253,6 +256,10 @@ pub struct VmConfig {
     pub allow_unsafe_interrupts: bool,
     /// Where COM1 goes.
     pub serial: SerialMode,
+    /// The VFIO interface asked for.
+    pub vfio_backend: BackendChoice,
+    /// Descriptors a launcher opened for the VM.
+    pub preopened: Preopened,
 }
 
 impl VmConfig {
@@ -268,6 +275,8 @@ impl VmConfig {
             hugepages: false,
             allow_unsafe_interrupts: false,
             serial: SerialMode::Tty,
+            vfio_backend: BackendChoice::Auto,
+            preopened: Preopened::default(),
         }
     }
 

@@ -294,6 +294,9 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, RequestError> {
     }
     if let Some(p) = b.platform {
         check_platform(&p)?;
+        if p.iommufd {
+            config.vfio_backend = crate::host::backend::BackendChoice::Iommufd;
+        }
     }
     let mut device_ids = Vec::new();
     for (i, d) in b.devices.iter().enumerate() {

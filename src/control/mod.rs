@@ -27,7 +27,7 @@ use crate::error::{error_chain, exit_code};
 use crate::events::{EventError, EventMonitor, EventTarget};
 use crate::exit::{self, ExitReason, SignalHandlers};
 use crate::host::checks::HostPaths;
-use crate::host::preflight::{self, Request};
+use crate::host::preflight::{self, Checked, Request};
 use crate::vmm::{VmState, Vmm, VmmError};
 
 /// Errors starting the controller.
@@ -62,6 +62,17 @@ struct Spec {
     ids: Vec<String>,
     /// The configuration as asked for, echoed back.
     echo: Value,
+}
+
+/// The pre-flight request for `cfg`.
+pub fn request_for(cfg: &VmConfig) -> Request<'_> {
+    Request {
+        devices: &cfg.devices,
+        memory: cfg.memory,
+        allow_unsafe_interrupts: cfg.allow_unsafe_interrupts,
+        backend: cfg.vfio_backend,
+        preopened: &cfg.preopened,
+    }
 }
 
 /// What the loop does after an event.
@@ -126,17 +137,13 @@ impl Controller {
 
     /// `vflaunch run`: builds and boots `config` (its devices checked
     /// already), then serves until the guest stops; returns the exit code.
-    pub fn run_vm(
-        mut self,
-        config: VmConfig,
-        devices: &[crate::host::checks::HostDevice],
-    ) -> Result<i32, VmmError> {
+    pub fn run_vm(mut self, config: VmConfig, checked: &Checked) -> Result<i32, VmmError> {
         let echo = info::echo_config(&config);
         let ids = (0..config.devices.len())
             .map(|i| format!("vfio{i}"))
             .collect();
         self.spec = Some(Spec { config, ids, echo });
-        self.build(devices)?;
+        self.build(checked)?;
         self.start()?;
         Ok(self.serve())
     }
@@ -277,14 +284,15 @@ impl Controller {
     }
 
     /// Checks the host for `spec` and builds its VM (not booted).
-    fn build(&mut self, devices: &[crate::host::checks::HostDevice]) -> Result<(), VmmError> {
+    fn build(&mut self, checked: &Checked) -> Result<(), VmmError> {
         let Some(spec) = &self.spec else {
             return Ok(());
         };
-        let vm = Vmm::new(&spec.config, devices)?;
+        let vm = Vmm::new(&spec.config, checked)?;
+        let backend = vm.backend().unwrap_or("none");
         self.events.emit("vm", "created", None);
         for ((host, slot), id) in vm.devices().iter().zip(&spec.ids) {
-            let props = json!({"id": id, "host_bdf": host, "guest_bdf": info::guest_bdf(*slot), "backend": "vfio-group"});
+            let props = json!({"id": id, "host_bdf": host, "guest_bdf": info::guest_bdf(*slot), "backend": backend});
             self.events.emit("vm", "device-added", Some(props));
         }
         self.vm = Some(vm);
@@ -301,16 +309,12 @@ impl Controller {
     }
 
     /// Pre-flight for the spec's devices, answered as the CLI would say it.
-    fn preflight(&self, config: &VmConfig) -> Result<Vec<crate::host::checks::HostDevice>, Reply> {
+    fn preflight(&self, config: &VmConfig) -> Result<Checked, Reply> {
         config
             .validate()
             .map_err(|e| Reply::error(400, error_chain(&e)))?;
-        let req = Request {
-            devices: &config.devices,
-            memory: config.memory,
-            allow_unsafe_interrupts: config.allow_unsafe_interrupts,
-        };
-        preflight::preflight(&self.host, &req).map_err(|e| Reply::error(400, error_chain(&e)))
+        preflight::preflight(&self.host, &request_for(config))
+            .map_err(|e| Reply::error(400, error_chain(&e)))
     }
 
     fn handle(&mut self, action: Action) -> (Reply, Next) {

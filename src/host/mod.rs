@@ -2,6 +2,7 @@
 //! the one pre-flight sequence over them (`preflight`), and the terminal the
 //! guest console runs on (`terminal`).
 
+pub mod backend;
 pub mod bdf;
 pub mod checks;
 pub mod console_socket;

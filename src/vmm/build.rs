@@ -18,8 +18,9 @@ use crate::devices::ged::Ged;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialConsole, Unbuffered};
 use crate::exit::ExitSignal;
-use crate::host::checks::HostDevice;
+use crate::host::backend::Backend;
 use crate::host::console_socket::{self, ConsoleSocket};
+use crate::host::preflight::Checked;
 use crate::interrupts::KvmMsiRouter;
 use crate::memory;
 use crate::pci::bar::BarAllocator;
@@ -27,7 +28,8 @@ use crate::pci::bar_space::BarSpace;
 use crate::pci::root::{PciEcam, PciRoot};
 use crate::sync::lock;
 use crate::vcpu::{Vcpu, VcpuControl};
-use crate::vfio::container::Container;
+use crate::vfio::container::{Container, DmaSpace};
+use crate::vfio::iommufd::IommufdSpace;
 use crate::vfio::pci_device::{VfioPciDevice, VfioProbe};
 use crate::vfio::VfioBackend;
 use crate::vm::{self, KvmGuestMapper};
@@ -190,21 +192,28 @@ impl Vmm {
         Ok(())
     }
 
-    /// Opens each device through one VFIO container and puts it on the bus.
-    pub(super) fn attach_vfio_devices(&mut self, devices: &[HostDevice]) -> Result<(), VmmError> {
-        if devices.is_empty() {
+    /// Opens each device through one DMA space (a VFIO container, or an
+    /// iommufd IOAS) and puts it on the bus.
+    pub(super) fn attach_vfio_devices(
+        &mut self,
+        cfg: &VmConfig,
+        checked: &Checked,
+    ) -> Result<(), VmmError> {
+        if checked.devices.is_empty() {
             return Ok(());
         }
-        self.container = Some(Container::new(&self.vm)?);
-        for d in devices {
-            let name = d.bdf.to_string();
-            let container = self
-                .container
-                .as_ref()
-                .ok_or(VmmError::State(self.state, "open a device"))?;
-            let backend = Arc::new(container.open_device(&name, &d.sysfs)?);
+        let space: Box<dyn DmaSpace> = match checked.backend {
+            Backend::Group => Box::new(Container::new(&self.vm)?),
+            Backend::Iommufd => Box::new(IommufdSpace::new(&self.vm, cfg.preopened.iommufd)?),
+        };
+        let space = self.container.insert(space);
+        let mut opened = Vec::new();
+        for d in &checked.devices {
+            opened.push((d.bdf.to_string(), Arc::new(space.open(d)?), d.group));
+        }
+        for (name, backend, group) in opened {
             self.attach_backend(&name, backend)?;
-            log::info!("{name}: IOMMU group {}", d.group);
+            log::info!("{name}: IOMMU group {group}, {}", checked.backend.name());
         }
         Ok(())
     }

@@ -22,14 +22,14 @@ use crate::devices::bus::Buses;
 use crate::devices::ged::GedTrigger;
 use crate::devices::serial::SerialConsole;
 use crate::exit::{ExitReason, ExitSignal};
-use crate::host::checks::HostDevice;
+use crate::host::preflight::Checked;
 use crate::host::terminal::{self, RawTerminal};
 use crate::interrupts::KvmMsiRouter;
 use crate::pci::bar::BarAllocator;
 use crate::pci::root::PciRoot;
 use crate::sync::lock;
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
-use crate::vfio::container::Container;
+use crate::vfio::container::DmaSpace;
 use crate::vfio::pci_device::VfioPciDevice;
 use crate::vm::KvmGuestMapper;
 
@@ -112,7 +112,7 @@ pub struct Vmm {
     slots: Vec<(String, u8)>,
     router: Option<Arc<KvmMsiRouter>>,
     bars: Option<BarAllocator>,
-    container: Option<Container>,
+    container: Option<Box<dyn DmaSpace>>,
     root: Option<Arc<Mutex<PciRoot>>>,
     buses: Arc<Buses>,
     exit: Arc<ExitSignal>,
@@ -131,13 +131,13 @@ pub struct Vmm {
 impl Vmm {
     /// Builds the VM described by `cfg` with the checked `devices`: memory,
     /// kernel and firmware tables, legacy devices, PCI and VFIO, DMA map, vCPUs.
-    pub fn new(cfg: &VmConfig, devices: &[HostDevice]) -> Result<Self, VmmError> {
+    pub fn new(cfg: &VmConfig, checked: &Checked) -> Result<Self, VmmError> {
         let started = Instant::now();
         let mut vmm = Vmm::create_vm(cfg)?;
         vmm.load_kernel(cfg)?;
         vmm.attach_legacy_devices(cfg)?;
         vmm.attach_pci()?;
-        vmm.attach_vfio_devices(devices)?;
+        vmm.attach_vfio_devices(cfg, checked)?;
         vmm.map_dma()?;
         vmm.create_vcpus(cfg)?;
         log::info!("VM built in {} ms", started.elapsed().as_millis());
@@ -225,6 +225,11 @@ impl Vmm {
     /// The passed-through devices: host name and guest slot on bus 0.
     pub fn devices(&self) -> &[(String, u8)] {
         &self.slots
+    }
+
+    /// How the devices reach the IOMMU (`vfio-group` or `iommufd`), if there are devices.
+    pub fn backend(&self) -> Option<&'static str> {
+        self.container.as_ref().map(|c| c.backend())
     }
 
     /// vCPU exits so far, by kind.
