@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::host::backend::{BackendChoice, Preopened};
 use crate::host::bdf::Bdf;
 
 /// Guest memory used when none is given: 512 MiB.
@@ -44,7 +45,7 @@ pub enum ConfigError {
         source: io::Error,
     },
     /// The config file's JSON is malformed or has an unknown field.
-    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts")]
+    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts, vfio_backend")]
     JsonFile {
         /// The file.
         path: PathBuf,
@@ -91,6 +92,9 @@ pub enum ConfigError {
     /// The kernel command line is too long.
     #[error("kernel command line is {0} bytes: keep it under {MAX_CMDLINE_LEN}")]
     CmdlineTooLong(usize),
+    /// A `--serial` value that is not a mode.
+    #[error("--serial {0:?}: use tty, null, off, file=PATH or socket=PATH")]
+    Serial(String),
     /// The kernel command line contains a NUL byte.
     #[error("kernel command line contains a NUL byte: remove it")]
     CmdlineNul,
@@ -160,6 +164,8 @@ pub struct FileConfig {
     pub hugepages: Option<bool>,
     /// Run even without host interrupt remapping.
     pub allow_unsafe_interrupts: Option<bool>,
+    /// `auto`, `group` or `iommufd`.
+    pub vfio_backend: Option<BackendChoice>,
 }
 
 /// Deserializes `"memory"` from a size string or a number of MiB.
@@ -193,6 +199,40 @@ impl FileConfig {
     }
 }
 
+/// Where the guest's serial console (COM1) goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialMode {
+    /// This process's stdout, and stdin for input (raw mode on a terminal).
+    #[default]
+    Tty,
+    /// A UART whose output is discarded.
+    Null,
+    /// No UART at all.
+    Off,
+    /// Appended to a file.
+    File(PathBuf),
+    /// A unix socket that a console client attaches to at any time.
+    Socket(PathBuf),
+}
+
+/// Parses `--serial tty|null|off|file=PATH|socket=PATH`.
+pub fn parse_serial(s: &str) -> Result<SerialMode, ConfigError> {
+    match s {
+        "tty" => Ok(SerialMode::Tty),
+        "null" => Ok(SerialMode::Null),
+        "off" => Ok(SerialMode::Off),
+        _ => {
+            let file = s.strip_prefix("file=").filter(|p| !p.is_empty());
+            let socket = s.strip_prefix("socket=").filter(|p| !p.is_empty());
+            match (file, socket) {
+                (Some(p), _) => Ok(SerialMode::File(PathBuf::from(p))),
+                (_, Some(p)) => Ok(SerialMode::Socket(PathBuf::from(p))),
+                _ => Err(ConfigError::Serial(s.to_string())),
+            }
+        }
+    }
+}
+
 /// Everything the VMM needs to boot one guest.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmConfig {
@@ -214,6 +254,12 @@ pub struct VmConfig {
     pub hugepages: bool,
     /// Run even if the host has no interrupt remapping.
     pub allow_unsafe_interrupts: bool,
+    /// Where COM1 goes.
+    pub serial: SerialMode,
+    /// The VFIO interface asked for.
+    pub vfio_backend: BackendChoice,
+    /// Descriptors a launcher opened for the VM.
+    pub preopened: Preopened,
 }
 
 impl VmConfig {
@@ -228,6 +274,9 @@ impl VmConfig {
             devices: Vec::new(),
             hugepages: false,
             allow_unsafe_interrupts: false,
+            serial: SerialMode::Tty,
+            vfio_backend: BackendChoice::Auto,
+            preopened: Preopened::default(),
         }
     }
 

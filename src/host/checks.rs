@@ -62,6 +62,8 @@ pub struct HostDevice {
     pub group: u32,
     /// Whether the device is an SR-IOV virtual function (has a `physfn` link).
     pub is_vf: bool,
+    /// Its vfio cdev, when the VM uses iommufd (set by the backend selection).
+    pub cdev: Option<super::backend::Cdev>,
 }
 
 /// Whether the host IOMMU remaps interrupts.
@@ -131,6 +133,33 @@ pub enum HostError {
         /// The missing node.
         path: PathBuf,
     },
+    /// `/dev/iommu` is missing.
+    #[error("{} is missing: the host kernel has no iommufd (CONFIG_IOMMUFD; try `modprobe iommufd`), so use --vfio-backend group, or pass --iommufd-fd", .0.display())]
+    NoIommufd(PathBuf),
+    /// The device has no vfio cdev.
+    #[error("PCI device {0} has no vfio cdev (no vfio-dev/ in sysfs): the host kernel lacks CONFIG_VFIO_DEVICE_CDEV, so use --vfio-backend group")]
+    NoCdev(Bdf),
+    /// The cdev node is missing.
+    #[error("{} for {bdf} is missing: in a pod, mount /dev/vfio/devices/ (or pass the opened cdev as --device {bdf},fd=N)", .path.display())]
+    CdevNodeMissing {
+        /// The device.
+        bdf: Bdf,
+        /// The missing node.
+        path: PathBuf,
+    },
+    /// A passed-in descriptor is not usable.
+    #[error("{what}={fd} cannot be used: {why}; pass the descriptor of the opened device node")]
+    BadFd {
+        /// The descriptor.
+        fd: i32,
+        /// Which flag gave it.
+        what: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// Descriptors were passed but the group backend was asked for.
+    #[error("pre-opened descriptors (--iommufd-fd, --device BDF,fd=N) need the iommufd backend: drop --vfio-backend group")]
+    FdsNeedIommufd,
     /// `/dev/vfio/vfio` is missing.
     #[error("{} is missing: load vfio-pci (`modprobe vfio-pci`); in a pod, check that /dev/vfio/vfio is mounted", .0.display())]
     ContainerNodeMissing(PathBuf),
@@ -205,7 +234,8 @@ pub(crate) fn link_name(link: &Path) -> Option<String> {
 }
 
 /// Checks that `bdf` can be passed through: present, bound to vfio-pci,
-/// in a real (not no-IOMMU), viable IOMMU group whose `/dev/vfio` nodes exist.
+/// in a real (not no-IOMMU), viable IOMMU group. The `/dev` nodes depend on
+/// the backend: [`check_group_nodes`] for the group interface.
 pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
     let sysfs = p.sys.join("bus/pci/devices").join(bdf.to_string());
     if !sysfs.exists() {
@@ -249,6 +279,19 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
         return Err(HostError::GroupNotViable { bdf, group, others });
     }
 
+    let is_vf = fs::symlink_metadata(sysfs.join("physfn")).is_ok();
+    Ok(HostDevice {
+        bdf,
+        sysfs,
+        group,
+        is_vf,
+        cdev: None,
+    })
+}
+
+/// Checks the group interface's nodes for `d`: `/dev/vfio/<group>` and `/dev/vfio/vfio`.
+pub fn check_group_nodes(p: &HostPaths, d: &HostDevice) -> Result<(), HostError> {
+    let (bdf, group) = (d.bdf, d.group);
     let path = p.dev.join("vfio").join(group.to_string());
     if !path.exists() {
         return Err(HostError::GroupNodeMissing { bdf, group, path });
@@ -257,13 +300,7 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
     if !container.exists() {
         return Err(HostError::ContainerNodeMissing(container));
     }
-    let is_vf = fs::symlink_metadata(sysfs.join("physfn")).is_ok();
-    Ok(HostDevice {
-        bdf,
-        sysfs,
-        group,
-        is_vf,
-    })
+    Ok(())
 }
 
 /// Checks that `<dev>/kvm` can be opened read-write.

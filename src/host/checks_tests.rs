@@ -25,6 +25,7 @@ fn good_devices_pass() {
         sysfs: dev,
         group: 42,
         is_vf: true,
+        cdev: None,
     };
     assert_eq!(got, want);
     f.add("0000:04:00.0", Some("vfio-pci"), Some(7));
@@ -118,15 +119,20 @@ fn group_viability_names_each_offender() {
 fn vfio_nodes_must_exist() {
     let f = fake();
     f.add("0000:03:02.1", Some("vfio-pci"), Some(3));
+    let d = check_device(&f.p, bdf("0000:03:02.1")).unwrap();
+    check_group_nodes(&f.p, &d).unwrap();
     fs::remove_file(f.p.dev.join("vfio/3")).unwrap();
     let err = assert_matches!(
-        f.err("0000:03:02.1"),
+        check_group_nodes(&f.p, &d).unwrap_err(),
         HostError::GroupNodeMissing { group: 3, .. }
     );
     assert!(err.to_string().contains("/dev/vfio/3"), "{err}");
     fs::write(f.p.dev.join("vfio/3"), "").unwrap();
     fs::remove_file(f.p.dev.join("vfio/vfio")).unwrap();
-    assert_matches!(f.err("0000:03:02.1"), HostError::ContainerNodeMissing(_));
+    assert_matches!(
+        check_group_nodes(&f.p, &d).unwrap_err(),
+        HostError::ContainerNodeMissing(_)
+    );
 }
 
 #[test]

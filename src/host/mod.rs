@@ -3,11 +3,14 @@
 //! report of `vflaunch doctor` (`doctor`), moving devices to vfio-pci and
 //! back (`bind`), and the terminal the guest console runs on (`terminal`).
 
+pub mod backend;
 pub mod bdf;
 pub mod bind;
 pub mod checks;
+pub mod console_socket;
 pub mod doctor;
 #[cfg(test)]
 pub mod fake;
 pub mod preflight;
+pub mod read;
 pub mod terminal;

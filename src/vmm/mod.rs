@@ -19,16 +19,17 @@ use crate::arch::x86_64::boot::BootEntry;
 use crate::arch::x86_64::layout::GuestLayout;
 use crate::config::VmConfig;
 use crate::devices::bus::Buses;
+use crate::devices::ged::GedTrigger;
 use crate::devices::serial::SerialConsole;
-use crate::exit::{self, ExitReason, ExitSignal, SignalHandlers};
-use crate::host::checks::HostDevice;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::host::preflight::Checked;
 use crate::host::terminal::{self, RawTerminal};
 use crate::interrupts::KvmMsiRouter;
 use crate::pci::bar::BarAllocator;
 use crate::pci::root::PciRoot;
 use crate::sync::lock;
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
-use crate::vfio::container::Container;
+use crate::vfio::container::DmaSpace;
 use crate::vfio::pci_device::VfioPciDevice;
 use crate::vm::KvmGuestMapper;
 
@@ -104,12 +105,14 @@ pub struct Vmm {
     running: Option<VcpuSet>,
     control: Arc<VcpuControl>,
     terminal: Option<RawTerminal>,
-    signals: Option<SignalHandlers>,
     serial: Option<Arc<Mutex<SerialConsole>>>,
+    power_button: Option<GedTrigger>,
+    console_socket: Option<crate::host::console_socket::ConsoleSocket>,
     vfio: Vec<Arc<Mutex<VfioPciDevice>>>,
+    slots: Vec<(String, u8)>,
     router: Option<Arc<KvmMsiRouter>>,
     bars: Option<BarAllocator>,
-    container: Option<Container>,
+    container: Option<Box<dyn DmaSpace>>,
     root: Option<Arc<Mutex<PciRoot>>>,
     buses: Arc<Buses>,
     exit: Arc<ExitSignal>,
@@ -128,13 +131,13 @@ pub struct Vmm {
 impl Vmm {
     /// Builds the VM described by `cfg` with the checked `devices`: memory,
     /// kernel and firmware tables, legacy devices, PCI and VFIO, DMA map, vCPUs.
-    pub fn new(cfg: &VmConfig, devices: &[HostDevice]) -> Result<Self, VmmError> {
+    pub fn new(cfg: &VmConfig, checked: &Checked) -> Result<Self, VmmError> {
         let started = Instant::now();
         let mut vmm = Vmm::create_vm(cfg)?;
         vmm.load_kernel(cfg)?;
-        vmm.attach_legacy_devices()?;
+        vmm.attach_legacy_devices(cfg)?;
         vmm.attach_pci()?;
-        vmm.attach_vfio_devices(devices)?;
+        vmm.attach_vfio_devices(cfg, checked)?;
         vmm.map_dma()?;
         vmm.create_vcpus(cfg)?;
         log::info!("VM built in {} ms", started.elapsed().as_millis());
@@ -142,19 +145,11 @@ impl Vmm {
     }
 
     /// The VM's state.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API server drives these; tests do now")
-    )]
     pub fn state(&self) -> VmState {
         self.state
     }
 
     /// The stop request that devices, vCPUs, signals and callers share.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API server drives these; tests do now")
-    )]
     pub fn exit_signal(&self) -> &Arc<ExitSignal> {
         &self.exit
     }
@@ -165,10 +160,6 @@ impl Vmm {
             return Err(VmmError::State(self.state, "boot"));
         }
         vcpu::install_kick_handler()?;
-        self.signals = Some(
-            SignalHandlers::install(&self.exit)
-                .map_err(|e| VmmError::Os("cannot install signal handlers", e))?,
-        );
         let term = RawTerminal::enter();
         let raw = term.is_raw();
         self.terminal = Some(term);
@@ -190,10 +181,6 @@ impl Vmm {
     }
 
     /// Parks the vCPUs: Running → Paused.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API server drives these; tests do now")
-    )]
     pub fn pause(&mut self) -> Result<(), VmmError> {
         match (&self.running, self.state) {
             (Some(set), VmState::Running) => {
@@ -208,10 +195,6 @@ impl Vmm {
     }
 
     /// Lets the vCPUs run again: Paused → Running.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API server drives these; tests do now")
-    )]
     pub fn resume(&mut self) -> Result<(), VmmError> {
         match (&self.running, self.state) {
             (Some(set), VmState::Paused) => {
@@ -223,9 +206,35 @@ impl Vmm {
         }
     }
 
+    /// Presses the guest's ACPI power button (an orderly shutdown request).
+    pub fn power_button(&self) -> Result<(), VmmError> {
+        match (&self.power_button, self.state) {
+            (Some(b), VmState::Running) => b
+                .power_button()
+                .map_err(|e| VmmError::Os("cannot raise the GED interrupt", e)),
+            _ => Err(VmmError::State(self.state, "press the power button")),
+        }
+    }
+
     /// Blocks until the guest stops or a stop is requested; returns why.
+    #[cfg(test)]
     pub fn wait(&self) -> ExitReason {
-        exit::wait(&self.exit)
+        crate::exit::wait(&self.exit)
+    }
+
+    /// The passed-through devices: host name and guest slot on bus 0.
+    pub fn devices(&self) -> &[(String, u8)] {
+        &self.slots
+    }
+
+    /// How the devices reach the IOMMU (`vfio-group` or `iommufd`), if there are devices.
+    pub fn backend(&self) -> Option<&'static str> {
+        self.container.as_ref().map(|c| c.backend())
+    }
+
+    /// vCPU exits so far, by kind.
+    pub fn exit_counts(&self) -> Vec<(&'static str, u64)> {
+        self.control.exit_counts()
     }
 
     /// Tears everything down, in order: vCPUs stopped, terminal restored,
@@ -253,6 +262,7 @@ impl Vmm {
             log::info!("guest ran for {:.3} s", t.elapsed().as_secs_f64());
         }
         self.terminal = None;
+        self.console_socket = None;
         for d in &self.vfio {
             lock(d).quiesce();
         }
@@ -274,7 +284,6 @@ impl Vmm {
         if self.container.take().is_some() {
             step("groups closed");
         }
-        self.signals = None;
         self.state = VmState::Stopped;
     }
 
@@ -292,15 +301,4 @@ impl Drop for Vmm {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Boots the VM described by `cfg` with the checked `devices`, waits for it
-/// to stop, tears it down, and returns why it stopped.
-pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmError> {
-    let mut vmm = Vmm::new(cfg, devices)?;
-    vmm.boot()?;
-    let reason = vmm.wait();
-    log::debug!("stop requested: {reason:?}");
-    vmm.shutdown();
-    Ok(reason)
 }

@@ -142,11 +142,11 @@ pub(super) fn check(p: &HostPaths, out: &mut Vec<Line>) {
     out.push(match (seen, configured) {
         (true, _) | (_, Some((true, true))) => Line::ok(
             name,
-            "available (vflaunch uses the type1 container, so it is not needed)",
+            "available (`--vfio-backend auto` or `iommufd` uses it)",
         ),
         _ => Line::ok(
             name,
-            "not available (not needed: vflaunch uses the VFIO type1 container)",
+            "not available (`--vfio-backend auto` uses the VFIO group backend)",
         ),
     });
 

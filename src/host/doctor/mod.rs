@@ -23,6 +23,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::backend::{BackendChoice, Preopened};
 use super::bdf::Bdf;
 use super::checks::{HostError, HostPaths};
 use super::preflight::{self, Outcome};
@@ -137,16 +138,20 @@ pub fn diagnose(p: &HostPaths, req: &Request, probes: &Probes) -> Vec<Line> {
     klog::check(p, &mut out);
     memory::check(p, req.memory, &mut out);
     if !req.devices.is_empty() {
+        let preopened = Preopened::default();
         let check_req = preflight::Request {
             devices: req.devices,
             memory: req.memory,
             allow_unsafe_interrupts: false,
+            backend: BackendChoice::Auto,
+            preopened: &preopened,
         };
         let (list, _) = preflight::run_checks(p, &check_req, probes.memlock);
         for c in list {
             let name = format!("check {}", c.name);
             out.push(match c.outcome {
                 Outcome::Ok => Line::ok(name, "passes"),
+                Outcome::Note(n) => Line::ok(name, n),
                 Outcome::Warn(w) => Line::new(name, Status::Warn, w),
                 // The message names its own fix.
                 Outcome::Failed(e) => Line::new(name, Status::Failed, e.to_string()),

@@ -303,11 +303,7 @@ fn with_devices_every_check_of_check() {
         .collect();
     let (want, _) = preflight::run_checks(
         &f.p,
-        &preflight::Request {
-            devices: &devices,
-            memory: 512 * MIB,
-            allow_unsafe_interrupts: false,
-        },
+        &preflight::Request::new(&devices, 512 * MIB, false),
         |_| Ok(()),
     );
     assert_eq!(tail.len(), want.len(), "{tail:#?}");
@@ -324,8 +320,13 @@ fn with_devices_every_check_of_check() {
         "{}",
         tail[1]
     );
+    assert!(
+        tail[2].starts_with("ok      check vfio backend: vfio-group (auto: the group interface"),
+        "{}",
+        tail[2]
+    );
     assert_eq!(
-        &tail[2..],
+        &tail[3..],
         [
             "ok      check /dev/kvm: passes",
             "ok      check locked memory: passes",
