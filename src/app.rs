@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use crate::api::client;
-use crate::cli::{ApiArgs, CheckArgs, Cli, Command, ControlArgs, PingArgs, RunArgs};
+use crate::cli::{ApiArgs, CheckArgs, Cli, Command, ControlArgs, ManArgs, PingArgs, RunArgs};
 use crate::control::{request_for, ControlError, Controller, Options};
 use crate::error::{error_chain, exit_code};
+use crate::generate::{self, GenerateError};
 use crate::host::backend::Preopened;
 use crate::host::checks::HostPaths;
 use crate::host::preflight::{self, Request};
@@ -36,6 +37,9 @@ pub enum Error {
     /// A body file for `vflaunch api` could not be read.
     #[error("cannot read the request body file {0}")]
     BodyFile(String, #[source] std::io::Error),
+    /// A man page or completion script could not be written.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
     /// No subcommand and no API socket.
     #[error("nothing to do: give a subcommand (run, check, ping, api) or --api-socket PATH")]
     NothingToDo,
@@ -49,7 +53,9 @@ impl Error {
                 exit_code::USAGE
             }
             Error::Host(_) => exit_code::HOST,
-            Error::Control(_) | Error::Vmm(_) | Error::Client(_) => exit_code::VMM,
+            Error::Control(_) | Error::Vmm(_) | Error::Client(_) | Error::Generate(_) => {
+                exit_code::VMM
+            }
         }
     }
 }
@@ -137,6 +143,14 @@ fn api(args: ApiArgs) -> Result<i32, Error> {
     })
 }
 
+fn man(args: ManArgs) -> Result<i32, Error> {
+    match &args.dir {
+        Some(dir) => generate::man_pages_to(dir)?,
+        None => generate::man_page(&mut std::io::stdout().lock())?,
+    }
+    Ok(exit_code::OK)
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     let env = intake::process_env();
@@ -145,6 +159,12 @@ pub fn execute(cli: Cli) -> i32 {
         Some(Command::Check(args)) => check(args, &env),
         Some(Command::Ping(args)) => ping(args),
         Some(Command::Api(args)) => api(args),
+        Some(Command::Completions(args)) => {
+            generate::completions(args.shell, &mut std::io::stdout().lock())
+                .map(|()| exit_code::OK)
+                .map_err(Error::from)
+        }
+        Some(Command::Man(args)) => man(args),
         None if cli.control.api_socket.is_some() => {
             Controller::new(options(&cli.control), HostPaths::default())
                 .map(Controller::run_api)
