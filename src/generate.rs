@@ -34,7 +34,8 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<(
 
 /// Writes the vflaunch(1) page to `out`.
 pub fn man_page(out: &mut dyn Write) -> Result<(), GenerateError> {
-    clap_mangen::Man::new(Cli::command())
+    // As man_pages_to: `vflaunch help` has no page of its own.
+    clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
         .render(out)
         .and_then(|()| out.flush())
         .map_err(GenerateError::Stdout)
