@@ -1,8 +1,8 @@
 //! `--log-format text|json` on the real binary: with json every log line on
 //! stderr is one JSON object (time, level, message, target, thread); RUST_LOG
-//! still filters; VFLAUNCH_LOG_FORMAT sets it too; a bad value is a usage error.
+//! still filters; VFLAUNCH_LOG_FORMAT sets it too; a vCPU thread's lines name it
+//! (`vcpu0`, ...); a bad value is a usage error.
 
-#[allow(unused_imports)] // the tiny guests are for other tests
 mod common;
 
 use common::*;
@@ -98,6 +98,55 @@ fn text_is_the_default_and_the_env_var_selects_json() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+#[test]
+fn a_vcpu_line_names_its_vcpu_thread() {
+    if let Some(why) = kvm_unusable() {
+        return skip("a_vcpu_line_names_its_vcpu_thread", &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let code = tiny_poweroff_code(b"hi\n", 0x34);
+    let kernel = write_file(dir.path(), "guest.elf", &elf64(&code, false));
+    let out = run_vflaunch(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "-vv",
+            "--kernel",
+            &kernel,
+            "--memory",
+            "64M",
+            "--cpus",
+            "2",
+            "--no-devices-from-env",
+            "--serial",
+            "null",
+        ],
+        &[],
+        std::time::Duration::from_secs(60),
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(out.status.code(), Some(0), "{lines:?}");
+    let logs = json_lines(&lines);
+    // Each vCPU thread logs under its own name, e.g. when it stops.
+    for id in ["0", "1"] {
+        let mine: Vec<&Value> = logs
+            .iter()
+            .filter(|l| l["thread"] == format!("vcpu{id}").as_str())
+            .collect();
+        let stopped = format!("vCPU {id} stopped");
+        assert!(
+            mine.iter()
+                .any(|l| l["level"] == "DEBUG"
+                    && l["message"].as_str().unwrap().starts_with(&stopped)),
+            "no {stopped:?} from thread vcpu{id}: {lines:?}"
+        );
+    }
 }
 
 #[test]
