@@ -11,6 +11,7 @@
 #   is installed, and name --device.
 set -euo pipefail
 apt_install groff-base man-db || true
+apt_install zsh fish || true # only for the syntax checks of their scripts
 for tool in groff man; do
     if ! command -v "$tool" >/dev/null; then
         skip docs "$tool not installed and apt-get could not install it"
@@ -24,6 +25,11 @@ ok() { echo "ok      $*"; }
 bad() {
     echo "FAILED  $*"
     fail=1
+}
+claim() { # claim WHAT COMMAND...: ok WHAT if the command succeeds, else bad
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else bad "$what"; fi
 }
 
 "$VFLAUNCH_BIN" man >"$tmp/stdout.1"
@@ -48,7 +54,7 @@ if [[ $text == *SUBCOMMANDS* && $text == *"vflaunch-run(1)"* ]]; then ok "vflaun
 
 # Bash: source the script, then call its completion function as readline does.
 "$VFLAUNCH_BIN" completions bash >"$tmp/vflaunch.bash"
-bash -n "$tmp/vflaunch.bash" && ok "bash -n vflaunch.bash" || bad "bash -n vflaunch.bash"
+claim "bash -n vflaunch.bash" bash -n "$tmp/vflaunch.bash"
 complete_words() { # complete_words WORD... (the last one is being completed)
     bash -c '
         source "$1"; shift
@@ -67,15 +73,17 @@ else
     bad "vflaunch run --dev<TAB> offers: ${got[*]:-nothing}"
 fi
 mapfile -t got < <(complete_words vflaunch ch)
-[[ ${got[*]:-} == check ]] && ok "vflaunch ch<TAB>: check" || bad "vflaunch ch<TAB> offers: ${got[*]:-nothing}"
+claim "vflaunch ch<TAB> offers: ${got[*]:-nothing} (want check)" [ "${got[*]:-}" = check ]
 mapfile -t got < <(complete_words vflaunch run --log-format "")
-[[ ${got[*]:-} == "text json" ]] && ok "vflaunch run --log-format <TAB>: text json" || bad "--log-format <TAB> offers: ${got[*]:-nothing}"
+claim "vflaunch run --log-format <TAB> offers: ${got[*]:-nothing} (want text json)" [ "${got[*]:-}" = "text json" ]
 
 "$VFLAUNCH_BIN" completions zsh >"$tmp/_vflaunch"
 "$VFLAUNCH_BIN" completions fish >"$tmp/vflaunch.fish"
-grep -q '^#compdef vflaunch' "$tmp/_vflaunch" && grep -q -- "--device" "$tmp/_vflaunch" && ok "zsh script: #compdef vflaunch, --device" || bad "zsh script"
-grep -q '^complete -c vflaunch' "$tmp/vflaunch.fish" && grep -q -- "-l device" "$tmp/vflaunch.fish" && ok "fish script: complete -c vflaunch, -l device" || bad "fish script"
-if command -v zsh >/dev/null; then zsh -n "$tmp/_vflaunch" && ok "zsh -n" || bad "zsh -n"; else echo "note    zsh not installed: its syntax is not checked"; fi
-if command -v fish >/dev/null; then fish --no-execute "$tmp/vflaunch.fish" && ok "fish --no-execute" || bad "fish --no-execute"; else echo "note    fish not installed: its syntax is not checked"; fi
+claim "zsh script: #compdef vflaunch" grep -q '^#compdef vflaunch' "$tmp/_vflaunch"
+claim "zsh script: --device" grep -q -- "--device" "$tmp/_vflaunch"
+claim "fish script: complete -c vflaunch" grep -q '^complete -c vflaunch' "$tmp/vflaunch.fish"
+claim "fish script: -l device" grep -q -- "-l device" "$tmp/vflaunch.fish"
+if command -v zsh >/dev/null; then claim "zsh -n" zsh -n "$tmp/_vflaunch"; else echo "note    zsh not installed: its syntax is not checked"; fi
+if command -v fish >/dev/null; then claim "fish --no-execute" fish --no-execute "$tmp/vflaunch.fish"; else echo "note    fish not installed: its syntax is not checked"; fi
 if "$VFLAUNCH_BIN" completions tcsh >/dev/null 2>&1; then bad "completions tcsh accepted"; else ok "an unknown shell is refused"; fi
 exit $fail

@@ -23,7 +23,7 @@
 # is appended to the cargo log) and exits non-zero if any test failed.
 # Needs root for apt (groff, buildah) and chroot.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 export PATH="$HOME/.cargo/bin:$PATH"
 DEPLOY_DIR=tests/deploy
 export DEPLOY_DIR
@@ -56,8 +56,15 @@ apt_install() {
     ((${#missing[@]} == 0)) && return 0
     ((EUID == 0)) || return 1
     echo "[deploy] apt-get install ${missing[*]}"
+    local log
+    log=$(mktemp)
     apt-get update -q >/dev/null 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+        tail -3 "$log"
+        rm -f "$log"
+        return 1
+    fi
+    rm -f "$log"
 }
 export -f apt_install
 
