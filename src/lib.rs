@@ -18,6 +18,7 @@ mod devices;
 mod error;
 mod events;
 mod exit;
+mod generate;
 mod host;
 mod intake;
 mod interrupts;
@@ -32,4 +33,4 @@ mod vm;
 mod vmm;
 
 pub use app::execute;
-pub use cli::Cli;
+pub use cli::{Cli, LogFormat};
