@@ -185,16 +185,20 @@ QEMU_COMMON=(-accel tcg -cpu max -machine q35 -m 3072 -smp 1
     -netdev user,id=n0 -device igb,netdev=n0,romfile=
     -no-reboot -display none -serial stdio -monitor none)
 boot_debian() {
+    local t=$SECONDS rc
     timeout "$HIL_TIMEOUT" qemu-system-x86_64 "${QEMU_COMMON[@]}" \
         -kernel "$KDIR/boot/vmlinuz-$KV" -initrd "$HIL_WORK/l1.cpio" \
         -append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt" \
         </dev/null 2>&1 | stamp | tee "$LOG"
-    return "${PIPESTATUS[0]}"
+    rc=${PIPESTATUS[0]}
+    echo $((SECONDS - t)) >"$HIL_WORK/logs/.t-debian"
+    return "$rc"
 }
 # The host kernel, with full DMA translation (no iommu=pt), and an NVMe
 # controller with SR-IOV in an NVM subsystem (a shared namespace, so its VF
 # sees it too): 1 VF, 3 flexible queues and 2 flexible interrupts.
 boot_host() {
+    local t=$SECONDS rc
     # shellcheck disable=SC2054 # the commas are QEMU's
     timeout "$HIL_TIMEOUT" qemu-system-x86_64 "${QEMU_COMMON[@]}" \
         -drive "file=$HIL_WORK/nvme.img,if=none,id=nvm0,format=raw" \
@@ -204,38 +208,36 @@ boot_host() {
         -kernel "$HOST_KERNEL" -initrd "$HIL_WORK/l1-host.cpio" \
         -append "console=ttyS0 panic=-1 intel_iommu=on" \
         </dev/null 2>&1 | stamp | tee "$LOG_HOST" | sed -u 's/^\[hil /[hil-host /'
-    return "${PIPESTATUS[0]}"
+    rc=${PIPESTATUS[0]}
+    echo $((SECONDS - t)) >"$HIL_WORK/logs/.t-host"
+    return "$rc"
 }
-QRC=- QRC_HOST=- T_DEB=0 T_HOST=0
+QRC=- QRC_HOST=-
+rm -f "$HIL_WORK"/logs/.t-*
 set +e
 if want_boot debian && want_boot host && [ "$HIL_PARALLEL" = 1 ]; then
     say "booting both L1s at once (TCG, timeout ${HIL_TIMEOUT}s each), logs: $LOG, $LOG_HOST"
-    t=$SECONDS
     boot_host &
     HPID=$!
     boot_debian
     QRC=$?
-    T_DEB=$((SECONDS - t))
     wait "$HPID"
     QRC_HOST=$?
-    T_HOST=$((SECONDS - t))
 else
     if want_boot debian; then
         say "booting L1 with Debian's kernel (TCG, timeout ${HIL_TIMEOUT}s), log: $LOG"
-        t=$SECONDS
         boot_debian
         QRC=$?
-        T_DEB=$((SECONDS - t))
     fi
     if want_boot host; then
         say "booting L1 with the project's host kernel (TCG, timeout ${HIL_TIMEOUT}s), log: $LOG_HOST"
-        t=$SECONDS
         boot_host
         QRC_HOST=$?
-        T_HOST=$((SECONDS - t))
     fi
 fi
 set -e
+T_DEB=$(cat "$HIL_WORK/logs/.t-debian" 2>/dev/null || echo -)
+T_HOST=$(cat "$HIL_WORK/logs/.t-host" 2>/dev/null || echo -)
 ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest.log"
 ! want_boot host || ln -sfn "$(basename "$LOG_HOST")" "$HIL_WORK/logs/latest-host.log"
 T_RUN=$((SECONDS - T0 - T_IMAGES))
