@@ -13,7 +13,8 @@
 #           builtin (the project's guest kernel, no modules).
 #   host    L1 = the project's host kernel (iommufd, vfio cdev), intel_iommu=on
 #           without iommu=pt (DMA translated). Runs: host (guest kernel, both
-#           igb VFs), nvme (guest kernel, an NVMe VF).
+#           igb VFs), nvme (guest kernel, an NVMe VF), pvh (its ELF vmlinux
+#           through PVH, with VF0).
 # Both kernels are built by guest/build-kernel.sh (cached outside the clone).
 # Passes when every criterion listed at the end holds. See README.md here.
 #
@@ -83,10 +84,11 @@ build_kernel() { # guest|host -> sets KRES
     if [ $((SECONDS - t)) -ge "$(cat "$KRES/build-seconds")" ]; then how="built now"; else how="cached"; fi
     KTIMES+=("$1 kernel $(cat "$KRES/release"): $how, make took $(cat "$KRES/build-seconds")s, this step $((SECONDS - t))s")
 }
-GUEST_KERNEL='' HOST_KERNEL=''
+GUEST_KERNEL='' GUEST_VMLINUX='' HOST_KERNEL=''
 if [ "$HIL_VMM" = vflaunch ]; then
     build_kernel guest
     GUEST_KERNEL=$KRES/bzImage
+    GUEST_VMLINUX=$KRES/vmlinux
 fi
 if want_boot host; then
     build_kernel host
@@ -155,9 +157,10 @@ if want_boot host; then
     L1=$HIL_WORK/l1root-host
     l1_common "$L1"
     add_elf "$L1" "$(command -v nvme)"
-    hil_conf host "host nvme" 1 >"$L1/hil.conf"
+    cp "$GUEST_VMLINUX" "$L1/l2/vmlinux"
+    hil_conf host "host nvme pvh" 1 >"$L1/hil.conf"
     mk_cpio "$L1" "$HIL_WORK/l1-host.cpio"
-    IMGS="$IMGS l1-host.cpio $(du -m "$HIL_WORK/l1-host.cpio" | cut -f1) MiB (L1 kernel $(basename "$(dirname "$HOST_KERNEL")"), runs: host nvme);"
+    IMGS="$IMGS l1-host.cpio $(du -m "$HIL_WORK/l1-host.cpio" | cut -f1) MiB (L1 kernel $(basename "$(dirname "$HOST_KERNEL")"), runs: host nvme pvh);"
     # The NVMe namespace's backing file (sparse).
     rm -f "$HIL_WORK/nvme.img"
     truncate -s 64M "$HIL_WORK/nvme.img"
@@ -327,7 +330,9 @@ if want_boot debian; then
     fi
     check "$HIL_VMM exited with 0" "^\[hil +[0-9.]+s\] ${TAG}_EXIT=0\$"
     F=$(segment "$LOG" main)
-    check "main: L2 ran Debian's kernel with igbvf as a module" 'L2: modules loaded: [1-9][0-9]* \(.*igbvf'
+    if [ -z "${HIL_L2_KERNEL:-}" ]; then
+        check "main: L2 ran Debian's kernel with igbvf as a module" 'L2: modules loaded: [1-9][0-9]* \(.*igbvf'
+    fi
     check "main: launch -> L2 /init measured" 'L1: launch -> L2 /init [0-9.]+s'
     if [ "$HIL_VMM" = vflaunch ]; then
         F=$(segment "$LOG" builtin)
@@ -364,6 +369,12 @@ if want_boot host; then
     check "nvme: vflaunch traps the MSI-X pages" 'trapping 0x[0-9a-f]+\+0x[0-9a-f]+'
     say "nvme VF BARs (vflaunch, RUST_LOG=debug):"
     grep -E 'BAR[0-9].*(bytes at guest|mapped into the guest)|trapping|MSI-X with' "$F" | sed 's/^.*L2| /[hil]   /' || true
+    F=$(segment "$LOG_HOST" pvh)
+    builtin_checks pvh
+    check "pvh: vflaunch booted the ELF vmlinux through its PVH entry" 'kernel entry 0x[0-9a-f]+ \(Pvh32\)'
+    check "pvh: igbvf bound VF0" 'L2: VF driver igbvf bound to [0-9a-f:.]+'
+    check "pvh: VF0 got a DHCP lease" 'L2: udhcpc: lease of [0-9.]+ obtained'
+    check "pvh: VF0 pinged 10.0.2.2: 3 received, 0% loss" 'L2: 3 packets transmitted, 3 (packets )?received, 0% packet loss'
     grep -E "HIL ERROR|_EXIT=" "$LOG_HOST" | sed 's/^/[hil] L1 (host) said: /' || true
 fi
 
