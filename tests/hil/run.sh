@@ -239,12 +239,14 @@ else
     fi
 fi
 set -e
-T_DEB=$(cat "$HIL_WORK/logs/.t-debian" 2>/dev/null || echo -)
-T_HOST=$(cat "$HIL_WORK/logs/.t-host" 2>/dev/null || echo -)
+T_DEB=$(cat "$HIL_WORK/logs/.t-debian" 2>/dev/null || echo -)s
+T_HOST=$(cat "$HIL_WORK/logs/.t-host" 2>/dev/null || echo -)s
+[ "$T_DEB" != -s ] || T_DEB="not run"
+[ "$T_HOST" != -s ] || T_HOST="not run"
 ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest.log"
 ! want_boot host || ln -sfn "$(basename "$LOG_HOST")" "$HIL_WORK/logs/latest-host.log"
 T_RUN=$((SECONDS - T0 - T_IMAGES))
-say "L1 qemu exit codes: debian $QRC (${T_DEB}s), host $QRC_HOST (${T_HOST}s); L1 boots took ${T_RUN}s (setup ${T_SETUP}s, cargo $((T_BUILD - T_SETUP))s, kernels $((T_KERNELS - T_BUILD))s, images $((T_IMAGES - T_KERNELS))s)"
+say "L1 qemu exit codes: debian $QRC ($T_DEB), host $QRC_HOST ($T_HOST); L1 boots took ${T_RUN}s (setup ${T_SETUP}s, cargo $((T_BUILD - T_SETUP))s, kernels $((T_KERNELS - T_BUILD))s, images $((T_IMAGES - T_KERNELS))s)"
 
 # --- verdict -------------------------------------------------------------------
 TAG=$(tr '[:lower:]' '[:upper:]' <<<"$HIL_VMM")
@@ -385,7 +387,7 @@ for f in "$LOG" "$LOG_HOST"; do
     sed -n -E 's/.*L1: RUN ([a-z]+) start.*/run \1/p; s/.*L1: launch -> L2 \/init (.*)/\1/p' "$f" |
         awk '$1 == "run" { run = $2; next } { print "[hil]   launch -> L2 /init, run " run " (" (run == "main" ? "Debian kernel + igbvf module" : "project kernel") "): " $0 }'
 done
-say "  L1 boots: debian ${T_DEB}s, host ${T_HOST}s (parallel=$HIL_PARALLEL); whole HIL $((SECONDS - T0))s"
+say "  L1 boots: debian $T_DEB, host $T_HOST (parallel=$HIL_PARALLEL); whole HIL $((SECONDS - T0))s"
 if [ "$failed" = 0 ]; then
     say "HIL PASSED ($HIL_VMM, L1 boots ${T_RUN}s, total $((SECONDS - T0))s)"
     exit 0
