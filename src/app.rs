@@ -67,12 +67,7 @@ impl Error {
 }
 
 fn options(c: &ControlArgs) -> Options {
-    if c.seccomp != "false" {
-        log::info!(
-            "--seccomp {}: syscall filters are not in this build yet",
-            c.seccomp
-        );
-    }
+    crate::seccomp::set_mode(c.seccomp.parse().unwrap_or_default());
     Options {
         api_socket: c.api_socket.clone(),
         event_monitor: c.event_monitor.clone(),

@@ -24,6 +24,7 @@ mod intake;
 mod interrupts;
 mod memory;
 mod pci;
+mod seccomp;
 mod sync;
 #[cfg(test)]
 mod testing;

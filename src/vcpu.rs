@@ -151,6 +151,12 @@ impl Vcpu {
 
     fn run(&mut self, buses: &Buses, control: &VcpuControl) {
         let exit = &control.exit;
+        // The guest's input is handled from here on: only the vCPU syscalls.
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+            let why = crate::error::error_chain(&e);
+            exit.request(ExitReason::VcpuError(format!("vCPU {}: {why}", self.id)));
+            return;
+        }
         while !exit.requested() {
             control.park_while_paused();
             match self.fd.run() {

@@ -190,7 +190,11 @@ fn serve(
         let spawned = std::thread::Builder::new()
             .name("api-request".into())
             .spawn(move || {
-                handle(rq, &calls, &wake);
+                // A client's request is handled from here on: only the API syscalls.
+                match crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
+                    Ok(()) => handle(rq, &calls, &wake),
+                    Err(e) => respond(rq, Reply::error(500, crate::error::error_chain(&e))),
+                }
                 n.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
