@@ -72,6 +72,7 @@ fn options(c: &ControlArgs) -> Options {
         api_socket: c.api_socket.clone(),
         event_monitor: c.event_monitor.clone(),
         shutdown_timeout: Duration::from_secs(c.shutdown_timeout),
+        user: c.user,
     }
 }
 
@@ -185,7 +186,7 @@ fn man(args: ManArgs) -> Result<i32, Error> {
 pub fn execute(cli: Cli) -> i32 {
     let env = intake::process_env();
     let result = match cli.command {
-        Some(Command::Run(args)) => run(args, &env),
+        Some(Command::Run(args)) => run(*args, &env),
         Some(Command::Check(args)) => check(args, &env),
         Some(Command::Ping(args)) => ping(args),
         Some(Command::Api(args)) => api(args),

@@ -13,6 +13,7 @@ use crate::config::{
 use crate::events::{parse_target, EventTarget};
 use crate::host::backend::{BackendChoice, Preopened};
 use crate::host::bdf::Bdf;
+use crate::host::privileges::User;
 use crate::intake::{
     devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
 };
@@ -127,7 +128,12 @@ pub struct ControlArgs {
     /// More log lines on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Seccomp filtering: true, false or log (accepted for Cloud Hypervisor's launch line)
+    /// Started as root: switch to this user (UID[:GID]) once the VM is built and its
+    /// devices are open; every capability is dropped then either way
+    #[arg(long, value_name = "UID[:GID]")]
+    pub user: Option<User>,
+    /// Syscall filters per thread: true (a forbidden syscall stops vflaunch, naming it),
+    /// log (only logs it), false (no filters)
     #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
     pub seccomp: String,
 }
@@ -137,7 +143,7 @@ pub struct ControlArgs {
 pub enum Command {
     /// Boot a guest (flags override --config, which overrides the defaults)
     #[command(after_help = RUN_AFTER_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Only run the host pre-flight checks; prints one line per check, exits non-zero on failure
     Check(CheckArgs),
     /// Check the whole SR-IOV host setup, one line per check with the fix; exits 3 if anything failed

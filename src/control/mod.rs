@@ -42,6 +42,12 @@ pub enum ControlError {
     /// Eventfd or signal plumbing.
     #[error("{0}")]
     Os(&'static str, #[source] std::io::Error),
+    /// Building or booting the VM.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// Dropping privileges after the build.
+    #[error(transparent)]
+    Privileges(#[from] crate::host::privileges::PrivilegeError),
 }
 
 /// How the controller runs.
@@ -53,6 +59,8 @@ pub struct Options {
     pub event_monitor: Option<EventTarget>,
     /// How long the guest gets to power off after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// The user to switch to once the VM is built.
+    pub user: Option<crate::host::privileges::User>,
 }
 
 /// The VM the controller holds, with what `vm.info` reports of it.
@@ -97,6 +105,8 @@ pub struct Controller {
     /// Shut down (vm.shutdown, or never booted again) but not deleted.
     shut_down: bool,
     deadline: Option<Instant>,
+    /// Privileges dropped (after the first build).
+    dropped: bool,
 }
 
 impl Controller {
@@ -132,18 +142,20 @@ impl Controller {
             vm: None,
             shut_down: false,
             deadline: None,
+            dropped: false,
         })
     }
 
     /// `vflaunch run`: builds and boots `config` (its devices checked
     /// already), then serves until the guest stops; returns the exit code.
-    pub fn run_vm(mut self, config: VmConfig, checked: &Checked) -> Result<i32, VmmError> {
+    pub fn run_vm(mut self, config: VmConfig, checked: &Checked) -> Result<i32, ControlError> {
         let echo = info::echo_config(&config);
         let ids = (0..config.devices.len())
             .map(|i| format!("vfio{i}"))
             .collect();
         self.spec = Some(Spec { config, ids, echo });
         self.build(checked)?;
+        self.drop_privileges()?;
         self.start()?;
         Ok(self.serve())
     }
@@ -300,6 +312,15 @@ impl Controller {
         Ok(())
     }
 
+    /// After the first build: no capability, no new privileges, maybe another user.
+    fn drop_privileges(&mut self) -> Result<(), crate::host::privileges::PrivilegeError> {
+        if !self.dropped {
+            crate::host::privileges::drop_all(self.opts.user)?;
+            self.dropped = true;
+        }
+        Ok(())
+    }
+
     fn start(&mut self) -> Result<(), VmmError> {
         if let Some(vm) = self.vm.as_mut() {
             vm.boot()?;
@@ -451,6 +472,10 @@ impl Controller {
         };
         self.build(&devices)
             .map_err(|e| Reply::error(status(&e), error_chain(&e)))?;
+        if let Err(e) = self.drop_privileges() {
+            self.stop_vm();
+            return Err(Reply::error(500, error_chain(&e)));
+        }
         self.start().map_err(|e| {
             self.stop_vm();
             Reply::error(500, error_chain(&e))

@@ -12,5 +12,6 @@ pub mod doctor;
 #[cfg(test)]
 pub mod fake;
 pub mod preflight;
+pub mod privileges;
 pub mod read;
 pub mod terminal;
