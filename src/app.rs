@@ -43,6 +43,9 @@ pub enum Error {
     /// A man page or completion script could not be written.
     #[error(transparent)]
     Generate(#[from] GenerateError),
+    /// Syscall filters asked for and not possible.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// No subcommand and no API socket.
     #[error("nothing to do: give a subcommand (run, check, doctor, bind, unbind, ping, api) or --api-socket PATH")]
     NothingToDo,
@@ -58,7 +61,7 @@ impl Error {
             Error::Cli(_) | Error::Config(_) | Error::NothingToDo | Error::BodyFile(..) => {
                 exit_code::USAGE
             }
-            Error::Host(_) | Error::Bind(_) => exit_code::HOST,
+            Error::Host(_) | Error::Bind(_) | Error::Seccomp(_) => exit_code::HOST,
             Error::Control(_) | Error::Vmm(_) | Error::Client(_) | Error::Generate(_) => {
                 exit_code::VMM
             }
@@ -66,18 +69,18 @@ impl Error {
     }
 }
 
-fn options(c: &ControlArgs) -> Options {
-    crate::seccomp::set_mode(c.seccomp.parse().unwrap_or_default());
-    Options {
+fn options(c: &ControlArgs) -> Result<Options, Error> {
+    crate::seccomp::set_mode(c.seccomp.parse().unwrap_or_default())?;
+    Ok(Options {
         api_socket: c.api_socket.clone(),
         event_monitor: c.event_monitor.clone(),
         shutdown_timeout: Duration::from_secs(c.shutdown_timeout),
         user: c.user,
-    }
+    })
 }
 
 fn run(args: RunArgs, env: &[(String, String)]) -> Result<i32, Error> {
-    let controller = Controller::new(options(&args.control), HostPaths::default())?;
+    let controller = Controller::new(options(&args.control)?, HostPaths::default())?;
     let cfg = args.to_config(env)?;
     let checked = preflight::preflight(&HostPaths::default(), &request_for(&cfg))?;
     Ok(controller.run_vm(cfg, &checked)?)
@@ -199,11 +202,11 @@ pub fn execute(cli: Cli) -> i32 {
                 .map_err(Error::from)
         }
         Some(Command::Man(args)) => man(args),
-        None if cli.control.api_socket.is_some() => {
-            Controller::new(options(&cli.control), HostPaths::default())
+        None if cli.control.api_socket.is_some() => options(&cli.control).and_then(|o| {
+            Controller::new(o, HostPaths::default())
                 .map(Controller::run_api)
                 .map_err(Error::from)
-        }
+        }),
         None => Err(Error::NothingToDo),
     };
     result.unwrap_or_else(|e| {

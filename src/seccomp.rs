@@ -65,16 +65,26 @@ pub enum SeccompError {
     /// The kernel refused it.
     #[error("cannot install the {0:?} syscall filter")]
     Install(ThreadKind, #[source] seccompiler::Error),
+    /// The kernel has no seccomp filters.
+    #[error("the host kernel has no seccomp filters (CONFIG_SECCOMP_FILTER): pass --seccomp false to run without syscall filters")]
+    Unsupported,
 }
 
 static MODE: OnceLock<Mode> = OnceLock::new();
 
-/// Sets the process-wide mode, once, before any thread installs a filter.
-pub fn set_mode(mode: Mode) {
+/// Sets the process-wide mode, once, before any thread installs a filter;
+/// fails up front when filters are asked for and the kernel has none.
+pub fn set_mode(mode: Mode) -> Result<(), SeccompError> {
+    // SAFETY: PR_GET_SECCOMP takes no pointer; it fails with EINVAL on a
+    // kernel without seccomp.
+    if mode != Mode::Off && unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } < 0 {
+        return Err(SeccompError::Unsupported);
+    }
     let _ = MODE.set(mode);
     if mode == Mode::Enforce {
         install_sigsys_handler();
     }
+    Ok(())
 }
 
 fn mode() -> Mode {

@@ -109,7 +109,7 @@ fn child_breaks_the_vcpu_filter() {
     if std::env::var_os("VFLAUNCH_SECCOMP_CHILD").is_none() {
         return;
     }
-    set_mode(Mode::Enforce);
+    set_mode(Mode::Enforce).unwrap();
     std::thread::spawn(|| {
         apply(ThreadKind::Vcpu).unwrap();
         let _ = std::fs::File::open("/etc/hostname");
