@@ -28,6 +28,7 @@ mod sync;
 mod testing;
 mod vcpu;
 mod vfio;
+mod virtio;
 mod vm;
 mod vmm;
 
