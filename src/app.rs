@@ -138,7 +138,7 @@ fn api(args: ApiArgs) -> Result<i32, Error> {
 pub fn execute(cli: Cli) -> i32 {
     let env = intake::process_env();
     let result = match cli.command {
-        Some(Command::Run(args)) => run(args, &env),
+        Some(Command::Run(args)) => run(*args, &env),
         Some(Command::Check(args)) => check(args, &env),
         Some(Command::Ping(args)) => ping(args),
         Some(Command::Api(args)) => api(args),

@@ -15,6 +15,9 @@ use crate::host::bdf::Bdf;
 use crate::intake::{
     devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
 };
+use crate::virtio::options::{
+    parse_disk, parse_net, parse_vsock, DiskConfig, NetConfig, VirtioConfig, VsockConfig,
+};
 
 const LONG_ABOUT: &str = "\
 Boot a Linux guest under KVM with PCI devices - typically SR-IOV NIC virtual
@@ -117,7 +120,7 @@ pub struct ControlArgs {
 pub enum Command {
     /// Boot a guest (flags override --config, which overrides the defaults)
     #[command(after_help = RUN_AFTER_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Only run the host pre-flight checks; prints one line per check, exits non-zero on failure
     Check(CheckArgs),
     /// Ask a running vflaunch whether its API answers (exit 0 if it does): a readiness probe
@@ -219,6 +222,20 @@ pub struct RunArgs {
     /// to at any time; output is kept in a bounded buffer meanwhile) [default: tty]
     #[arg(long, value_name = "MODE", value_parser = parse_serial)]
     pub serial: Option<SerialMode>,
+    /// A virtio entropy device fed from the host's getrandom (guest: /dev/hwrng)
+    #[arg(long)]
+    pub rng: bool,
+    /// A virtio-blk disk from a raw image (repeatable): path=IMG[,readonly=on][,direct=on][,id=NAME];
+    /// a writable image is locked against a second VM
+    #[arg(long, value_name = "path=IMG,...", value_parser = parse_disk)]
+    pub disk: Vec<DiskConfig>,
+    /// A hybrid virtio-vsock device: cid=N,socket=PATH (host clients write "CONNECT <port>\n"
+    /// to PATH; guest connections to host port P go to PATH_P)
+    #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-net device on a tap (repeatable): tap=NAME[,mac=MAC] or fd=N[,mac=MAC]
+    #[arg(long, value_name = "tap=NAME|fd=N", value_parser = parse_net)]
+    pub net: Vec<NetConfig>,
     /// API socket, events and lifecycle.
     #[command(flatten)]
     pub control: ControlArgs,
@@ -304,6 +321,7 @@ impl RunArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let virtio = self.virtio(&file)?;
         let kernel = self
             .kernel
             .clone()
@@ -334,9 +352,35 @@ impl RunArgs {
             allow_unsafe_interrupts: self.allow_unsafe_interrupts
                 || file.allow_unsafe_interrupts.unwrap_or(false),
             serial: self.serial.clone().unwrap_or_default(),
+            virtio,
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+impl RunArgs {
+    /// Flags add disks and nets to the file's; `--vsock` replaces the file's.
+    fn virtio(&self, file: &FileConfig) -> Result<VirtioConfig, CliError> {
+        let mut disks = self.disk.clone();
+        for d in file.disks.iter().flatten() {
+            disks.push(parse_disk(d).map_err(ConfigError::from)?);
+        }
+        let mut net = self.net.clone();
+        for n in file.net.iter().flatten() {
+            net.push(parse_net(n).map_err(ConfigError::from)?);
+        }
+        let vsock = match (&self.vsock, &file.vsock) {
+            (Some(v), _) => Some(v.clone()),
+            (None, Some(s)) => Some(parse_vsock(s).map_err(ConfigError::from)?),
+            (None, None) => None,
+        };
+        Ok(VirtioConfig {
+            rng: self.rng || file.rng.unwrap_or(false),
+            disks,
+            vsock,
+            net,
+        })
     }
 }
 

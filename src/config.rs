@@ -44,7 +44,7 @@ pub enum ConfigError {
         source: io::Error,
     },
     /// The config file's JSON is malformed or has an unknown field.
-    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts")]
+    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts, rng, disks, vsock, net")]
     JsonFile {
         /// The file.
         path: PathBuf,
@@ -97,6 +97,9 @@ pub enum ConfigError {
     /// The kernel command line contains a NUL byte.
     #[error("kernel command line contains a NUL byte: remove it")]
     CmdlineNul,
+    /// A virtio device option.
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::options::OptionError),
 }
 
 /// Formats a byte count for messages: "512 MiB", "1 GiB", or "1234 bytes".
@@ -163,6 +166,14 @@ pub struct FileConfig {
     pub hugepages: Option<bool>,
     /// Run even without host interrupt remapping.
     pub allow_unsafe_interrupts: Option<bool>,
+    /// A virtio entropy device.
+    pub rng: Option<bool>,
+    /// virtio-blk disks, each as `--disk` takes it.
+    pub disks: Option<Vec<String>>,
+    /// A virtio-vsock device, as `--vsock` takes it.
+    pub vsock: Option<String>,
+    /// virtio-net devices, each as `--net` takes it.
+    pub net: Option<Vec<String>>,
 }
 
 /// Deserializes `"memory"` from a size string or a number of MiB.
@@ -253,6 +264,8 @@ pub struct VmConfig {
     pub allow_unsafe_interrupts: bool,
     /// Where COM1 goes.
     pub serial: SerialMode,
+    /// virtio devices.
+    pub virtio: crate::virtio::options::VirtioConfig,
 }
 
 impl VmConfig {
@@ -268,6 +281,7 @@ impl VmConfig {
             hugepages: false,
             allow_unsafe_interrupts: false,
             serial: SerialMode::Tty,
+            virtio: Default::default(),
         }
     }
 

@@ -9,7 +9,9 @@
 //! runs every device's queues from an epoll loop; a reset takes it back.
 //! Interrupts go out through eventfds on KVM irqfd routes ([`Interrupt`]).
 
+pub mod block;
 pub mod common;
+pub mod options;
 pub mod pci;
 pub mod rng;
 #[cfg(test)]
@@ -60,6 +62,7 @@ pub struct Activation {
     /// One kick eventfd per queue (the ioeventfd on its notify address).
     pub kicks: Vec<EventFd>,
     /// Features the driver accepted.
+    #[expect(dead_code, reason = "no device has optional features yet")]
     pub features: u64,
     /// How the worker interrupts the guest.
     pub interrupt: Interrupt,

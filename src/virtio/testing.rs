@@ -180,7 +180,7 @@ pub struct Driver {
     /// ioeventfd registrations.
     pub ioevents: Arc<RecordingIoEvents>,
     /// The device thread (dropped last).
-    pub thread: DeviceThread,
+    pub _thread: DeviceThread,
 }
 
 impl Driver {
@@ -210,7 +210,7 @@ impl Driver {
             mem,
             router,
             ioevents,
-            thread,
+            _thread: thread,
         }
     }
 
