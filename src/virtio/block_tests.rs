@@ -58,7 +58,7 @@ fn write_read_flush_get_id_through_the_transport() {
     let mut d = Driver::new(Box::new(Block::open(&cfg(&img)).unwrap()));
     let mut q = TestQueue::new(&d.mem, 0x10000, 64);
     assert_eq!(
-        d.read(super::super::pci::bar::DEVICE, 8),
+        d.read(super::super::pci_layout::bar::DEVICE, 8),
         64,
         "capacity in sectors"
     );

@@ -13,6 +13,7 @@ pub mod block;
 pub mod common;
 pub mod options;
 pub mod pci;
+pub mod pci_layout;
 pub mod rng;
 #[cfg(test)]
 pub mod testing;

@@ -13,6 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::common::{CommonConfig, StatusChange, STATUS_NEEDS_RESET};
+use super::pci_layout::{self as layout, bar, IoEvents, CAP_MSIX, MAX_VECTORS};
 use super::thread::DeviceThreadHandle;
 use super::{Activation, Interrupt, VirtioDevice};
 use crate::interrupts::{InterruptError, MsiRouter};
@@ -20,71 +21,6 @@ use crate::pci::bar::{BarInfo, BarRequest, BarShadow};
 use crate::pci::msix::MsixState;
 use crate::pci::{merge_write, regs, BarMove, ConfigWriteResult, PciDevice, TrapRange};
 use crate::vm::{GuestMapper, VmError};
-
-/// Layout of BAR0.
-pub mod bar {
-    /// BAR size.
-    pub const SIZE: u64 = 0x8000;
-    /// Common configuration.
-    pub const COMMON: u64 = 0x0000;
-    /// ISR status (one byte, read to clear).
-    pub const ISR: u64 = 0x1000;
-    /// Device configuration.
-    pub const DEVICE: u64 = 0x2000;
-    /// Device configuration length.
-    pub const DEVICE_LEN: u64 = 0x1000;
-    /// Queue notifications: queue `n` at `NOTIFY + 4 * n`.
-    pub const NOTIFY: u64 = 0x3000;
-    /// Notify offset multiplier.
-    pub const NOTIFY_MULTIPLIER: u64 = 4;
-    /// MSI-X table.
-    pub const MSIX_TABLE: u64 = 0x4000;
-    /// MSI-X pending bit array.
-    pub const MSIX_PBA: u64 = 0x6000;
-}
-
-/// Red Hat's virtio vendor ID; modern device IDs are 0x1040 + type.
-const VENDOR: u16 = 0x1af4;
-const DEVICE_BASE: u16 = 0x1040;
-/// The capability layout in configuration space.
-const CAP_MSIX: usize = 0x40;
-const CAP_COMMON: usize = 0x4c;
-const CAP_NOTIFY: usize = 0x5c;
-const CAP_ISR: usize = 0x70;
-const CAP_DEVICE: usize = 0x80;
-/// Vendor-specific capability ID and the virtio cfg_type values.
-const CAP_ID_VENDOR: u8 = 0x09;
-const CFG_COMMON: u8 = 1;
-const CFG_NOTIFY: u8 = 2;
-const CFG_ISR: u8 = 3;
-const CFG_DEVICE: u8 = 4;
-/// At most this many MSI-X vectors per function.
-const MAX_VECTORS: usize = 64;
-
-/// Registers the queue notification addresses with KVM (a seam for tests).
-pub trait IoEvents: Send + Sync {
-    /// Signals `fd` on any guest write to `addr`.
-    fn register(&self, fd: &EventFd, addr: u64) -> Result<(), kvm_ioctls::Error>;
-    /// Undoes [`IoEvents::register`].
-    fn unregister(&self, fd: &EventFd, addr: u64);
-}
-
-/// [`IoEvents`] on a KVM VM.
-pub struct KvmIoEvents(pub Arc<kvm_ioctls::VmFd>);
-
-impl IoEvents for KvmIoEvents {
-    fn register(&self, fd: &EventFd, addr: u64) -> Result<(), kvm_ioctls::Error> {
-        let a = kvm_ioctls::IoEventAddress::Mmio(addr);
-        self.0.register_ioevent(fd, &a, kvm_ioctls::NoDatamatch)
-    }
-
-    fn unregister(&self, fd: &EventFd, addr: u64) {
-        let a = kvm_ioctls::IoEventAddress::Mmio(addr);
-        if let Err(e) = self.0.unregister_ioevent(fd, &a, kvm_ioctls::NoDatamatch) {
-            log::warn!("virtio: cannot unregister the ioeventfd at {addr:#x}: {e}");
-        }
-    }
-}
 
 /// Errors building a virtio-pci function.
 #[derive(Debug, thiserror::Error)]
@@ -144,22 +80,6 @@ pub struct VirtioPciDevice {
     worker: Option<u32>,
 }
 
-fn put(h: &mut [u8], at: usize, bytes: &[u8]) {
-    h[at..at + bytes.len()].copy_from_slice(bytes);
-}
-
-fn virtio_cap(h: &mut [u8], at: usize, next: usize, cfg: u8, offset: u64, len: u64, extra: &[u8]) {
-    let cap_len = 16 + extra.len();
-    put(
-        h,
-        at,
-        &[CAP_ID_VENDOR, next as u8, cap_len as u8, cfg, 0, 0, 0, 0],
-    );
-    put(h, at + 8, &(offset as u32).to_le_bytes());
-    put(h, at + 12, &(len as u32).to_le_bytes());
-    put(h, at + 16, extra);
-}
-
 impl VirtioPciDevice {
     /// A function for `dev` with BAR0 at `placed`.
     pub fn new(
@@ -184,7 +104,7 @@ impl VirtioPciDevice {
             .router
             .allocate_gsis(nvec as u32)
             .map_err(VirtioPciError::Interrupts)?;
-        let header = Self::header(dev.device_type(), nq, nvec);
+        let header = layout::header(dev.device_type(), nq, nvec);
         let mut d = VirtioPciDevice {
             name,
             common,
@@ -204,63 +124,6 @@ impl VirtioPciDevice {
         };
         d.register_ioevents().map_err(VirtioPciError::IoEvent)?;
         Ok(d)
-    }
-
-    fn header(device_type: u16, nq: usize, nvec: usize) -> [u8; regs::CONFIG_SPACE_SIZE] {
-        let mut h = [0u8; regs::CONFIG_SPACE_SIZE];
-        put(&mut h, 0, &VENDOR.to_le_bytes());
-        put(&mut h, 2, &(DEVICE_BASE + device_type).to_le_bytes());
-        put(&mut h, regs::STATUS, &regs::STATUS_CAP_LIST.to_le_bytes());
-        let class: u32 = match device_type {
-            1 => 0x02_00_00, // network controller, Ethernet
-            2 => 0x01_80_00, // mass storage, other
-            _ => 0xff_00_00, // unassigned class
-        };
-        put(&mut h, 8, &((class << 8) | 1).to_le_bytes()); // revision 1: modern
-        put(&mut h, 0x2c, &VENDOR.to_le_bytes());
-        put(&mut h, 0x2e, &0x1100u16.to_le_bytes());
-        h[regs::CAP_PTR] = CAP_MSIX as u8;
-        h[regs::INTERRUPT_PIN] = 0; // MSI-X only
-        put(&mut h, CAP_MSIX, &[regs::CAP_ID_MSIX, CAP_COMMON as u8]);
-        put(&mut h, CAP_MSIX + 2, &((nvec - 1) as u16).to_le_bytes());
-        put(
-            &mut h,
-            CAP_MSIX + 4,
-            &(bar::MSIX_TABLE as u32).to_le_bytes(),
-        );
-        put(&mut h, CAP_MSIX + 8, &(bar::MSIX_PBA as u32).to_le_bytes());
-        let common_len = super::common::off::LEN;
-        virtio_cap(
-            &mut h,
-            CAP_COMMON,
-            CAP_NOTIFY,
-            CFG_COMMON,
-            bar::COMMON,
-            common_len,
-            &[],
-        );
-        let notify_len = (nq as u64).max(1) * bar::NOTIFY_MULTIPLIER;
-        let mult = (bar::NOTIFY_MULTIPLIER as u32).to_le_bytes();
-        virtio_cap(
-            &mut h,
-            CAP_NOTIFY,
-            CAP_ISR,
-            CFG_NOTIFY,
-            bar::NOTIFY,
-            notify_len,
-            &mult,
-        );
-        virtio_cap(&mut h, CAP_ISR, CAP_DEVICE, CFG_ISR, bar::ISR, 1, &[]);
-        virtio_cap(
-            &mut h,
-            CAP_DEVICE,
-            0,
-            CFG_DEVICE,
-            bar::DEVICE,
-            bar::DEVICE_LEN,
-            &[],
-        );
-        h
     }
 
     fn notify_addr(&self, q: usize) -> u64 {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::virtio::common::off;
+use crate::virtio::pci_layout::*;
 use crate::virtio::rng::Rng;
 use crate::virtio::testing::{Driver, TestQueue, BAR_ADDR};
 

@@ -10,7 +10,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::common::off;
-use super::pci::{bar, IoEvents, VirtioPciDevice, Wiring};
+use super::pci::{VirtioPciDevice, Wiring};
+use super::pci_layout::{bar, IoEvents};
 use super::thread::DeviceThread;
 use super::VirtioDevice;
 use crate::interrupts::{InterruptError, MsiMessage, MsiRouter};

@@ -8,7 +8,8 @@ use super::{Vmm, VmmError};
 use crate::interrupts::KvmMsiRouter;
 use crate::sync::lock;
 use crate::virtio::options::VirtioConfig;
-use crate::virtio::pci::{self, KvmIoEvents, VirtioPciDevice, Wiring};
+use crate::virtio::pci::{self, VirtioPciDevice, Wiring};
+use crate::virtio::pci_layout::KvmIoEvents;
 use crate::virtio::thread::DeviceThread;
 use crate::virtio::VirtioDevice;
 
