@@ -1,6 +1,6 @@
 //! virtio devices on real KVM with a tiny guest: the guest reads the IDs of
-//! the functions in slots 1 and 2 through the config ports and powers off
-//! only if they are a modern virtio-rng and virtio-blk (else it resets).
+//! the functions in slots 1 to 3 through the config ports and powers off
+//! only if they are a modern virtio-rng, virtio-blk and virtio-vsock (else it resets).
 //! Linux does not boot here; the HIL rig runs the drivers.
 
 mod common;
@@ -56,15 +56,19 @@ fn boot(test: &str, kernel: &[u8], args: &[&str]) -> Option<std::process::Output
 }
 
 #[test]
-fn guest_sees_virtio_rng_and_blk_on_the_bus() {
+fn guest_sees_virtio_rng_blk_and_vsock_on_the_bus() {
     let img = tempfile::NamedTempFile::new().unwrap();
     img.as_file().set_len(1 << 20).unwrap();
     let disk = format!("path={},id=tiny", img.path().display());
-    let code = check_ids_code(&[(1, 0x1044_1af4), (2, 0x1042_1af4)], b"virtio ok\n");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vsock.sock");
+    let vsock = format!("cid=3,socket={}", sock.display());
+    let ids = [(1, 0x1044_1af4), (2, 0x1042_1af4), (3, 0x1053_1af4)];
+    let code = check_ids_code(&ids, b"virtio ok\n");
     let Some(out) = boot(
-        "guest_sees_virtio_rng_and_blk_on_the_bus",
+        "guest_sees_virtio_rng_blk_and_vsock_on_the_bus",
         &elf64(&code, false),
-        &["--rng", "--disk", &disk],
+        &["--rng", "--disk", &disk, "--vsock", &vsock],
     ) else {
         return;
     };
@@ -82,6 +86,11 @@ fn guest_sees_virtio_rng_and_blk_on_the_bus() {
     );
     assert!(stderr.contains("2048 sectors"), "{stderr}");
     assert!(stderr.contains("guest PCI 0000:00:02.0"), "{stderr}");
+    assert!(
+        stderr.contains("virtio-vsock: guest PCI 0000:00:03.0"),
+        "{stderr}"
+    );
+    assert!(!sock.exists(), "the hybrid socket is removed at exit");
 }
 
 #[test]

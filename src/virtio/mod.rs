@@ -18,6 +18,7 @@ pub mod rng;
 #[cfg(test)]
 pub mod testing;
 pub mod thread;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;

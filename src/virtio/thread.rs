@@ -32,7 +32,6 @@ pub struct Registrar<'a> {
     fds: &'a mut Vec<RawFd>,
 }
 
-#[expect(dead_code, reason = "for workers with sockets (vsock)")]
 impl Registrar<'_> {
     /// Watches `fd` for `events`; `token` comes back in [`Worker::event`].
     pub fn add(&mut self, fd: RawFd, token: u32, events: EventSet) -> std::io::Result<()> {

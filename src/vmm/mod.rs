@@ -82,6 +82,9 @@ pub enum VmmError {
     /// A disk image.
     #[error(transparent)]
     Disk(#[from] crate::virtio::block::DiskError),
+    /// The vsock socket.
+    #[error(transparent)]
+    Vsock(#[from] crate::virtio::vsock::VsockError),
     /// Eventfd/thread/OS plumbing.
     #[error("{0}")]
     Os(&'static str, #[source] std::io::Error),

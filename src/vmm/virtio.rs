@@ -18,6 +18,7 @@ impl Vmm {
     pub(super) fn attach_virtio_devices(&mut self, cfg: &VirtioConfig) -> Result<(), VmmError> {
         self.attach_rng(cfg)?;
         self.attach_disks(cfg)?;
+        self.attach_vsock(cfg)?;
         Ok(())
     }
 
@@ -34,6 +35,15 @@ impl Vmm {
         for d in &cfg.disks {
             let disk = crate::virtio::block::Block::open(d)?;
             self.attach_virtio(Box::new(disk))?;
+        }
+        Ok(())
+    }
+
+    /// `--vsock`: the hybrid socket is bound here.
+    pub(super) fn attach_vsock(&mut self, cfg: &VirtioConfig) -> Result<(), VmmError> {
+        if let Some(v) = &cfg.vsock {
+            let dev = crate::virtio::vsock::Vsock::new(v)?;
+            self.attach_virtio(Box::new(dev))?;
         }
         Ok(())
     }
