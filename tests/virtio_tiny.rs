@@ -117,3 +117,34 @@ fn a_locked_disk_is_refused_with_one_line() {
     assert!(line.contains("is in use by another VM"), "{stderr}");
     drop(holder);
 }
+
+#[test]
+fn guest_sees_virtio_net_on_a_tap() {
+    let test = "guest_sees_virtio_net_on_a_tap";
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return skip(test, "no /dev/net/tun");
+    }
+    let code = check_ids_code(&[(1, 0x1041_1af4)], b"net ok\n");
+    let Some(out) = boot(
+        test,
+        &elf64(&code, false),
+        &["--net", "tap=vfltiny0,mac=52:54:00:aa:bb:cc"],
+    ) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("cannot open /dev/net/tun") || stderr.contains("cannot attach to tap") {
+        return skip(test, "taps cannot be made here");
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(stdout, "net ok\n");
+    assert!(
+        stderr.contains("tap vfltiny0 with MAC 52:54:00:aa:bb:cc"),
+        "{stderr}"
+    );
+}

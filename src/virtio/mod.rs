@@ -11,10 +11,12 @@
 
 pub mod block;
 pub mod common;
+pub mod net;
 pub mod options;
 pub mod pci;
 pub mod pci_layout;
 pub mod rng;
+pub mod tap;
 #[cfg(test)]
 pub mod testing;
 pub mod thread;

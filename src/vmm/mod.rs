@@ -85,6 +85,9 @@ pub enum VmmError {
     /// The vsock socket.
     #[error(transparent)]
     Vsock(#[from] crate::virtio::vsock::VsockError),
+    /// A tap.
+    #[error(transparent)]
+    Tap(#[from] crate::virtio::tap::TapError),
     /// Eventfd/thread/OS plumbing.
     #[error("{0}")]
     Os(&'static str, #[source] std::io::Error),

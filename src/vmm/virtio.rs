@@ -19,6 +19,7 @@ impl Vmm {
         self.attach_rng(cfg)?;
         self.attach_disks(cfg)?;
         self.attach_vsock(cfg)?;
+        self.attach_net(cfg)?;
         Ok(())
     }
 
@@ -43,6 +44,15 @@ impl Vmm {
     pub(super) fn attach_vsock(&mut self, cfg: &VirtioConfig) -> Result<(), VmmError> {
         if let Some(v) = &cfg.vsock {
             let dev = crate::virtio::vsock::Vsock::new(v)?;
+            self.attach_virtio(Box::new(dev))?;
+        }
+        Ok(())
+    }
+
+    /// `--net`: each tap opened (or taken over) here.
+    pub(super) fn attach_net(&mut self, cfg: &VirtioConfig) -> Result<(), VmmError> {
+        for n in &cfg.net {
+            let dev = crate::virtio::net::Net::open(n)?;
             self.attach_virtio(Box::new(dev))?;
         }
         Ok(())
