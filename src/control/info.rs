@@ -75,6 +75,25 @@ pub fn echo_device(echo: &mut Value, device: &Value) {
     }
 }
 
+/// Adds a `vm.add-disk`/`-net`/`-vsock` body to the echoed configuration
+/// (`disks` and `net` are lists, `vsock` is one object).
+pub fn echo_virtio(echo: &mut Value, field: &str, device: &Value) {
+    let Some(obj) = echo.as_object_mut() else {
+        return;
+    };
+    if field == "vsock" {
+        obj.insert(field.into(), device.clone());
+        return;
+    }
+    let list = obj.entry(field).or_insert_with(|| json!([]));
+    if list.is_null() {
+        *list = json!([]);
+    }
+    if let Some(list) = list.as_array_mut() {
+        list.push(device.clone());
+    }
+}
+
 /// `vm.info`: `state`, `config` and the device tree (before boot, the
 /// guest addresses the devices will get).
 pub fn vm_info(

@@ -11,6 +11,7 @@
 mod info;
 #[cfg(test)]
 mod tests;
+mod virtio;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -323,6 +324,9 @@ impl Controller {
             Action::VmCounters => (self.counters(), Next::Continue),
             Action::VmCreate(body) => done(self.create(&body)),
             Action::VmAddDevice(body) => self.add_device(&body),
+            Action::VmAddDisk(body) => self.add_virtio(&body, virtio::Kind::Disk, &[]),
+            Action::VmAddNet(body, fds) => self.add_virtio(&body, virtio::Kind::Net, &fds.0),
+            Action::VmAddVsock(body) => self.add_virtio(&body, virtio::Kind::Vsock, &[]),
             Action::VmBoot => done(self.boot()),
             Action::VmShutdown => done(self.shutdown_vm()),
             Action::VmReboot => done(self.shutdown_vm().and_then(|()| self.boot())),

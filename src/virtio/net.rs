@@ -54,6 +54,7 @@ impl Net {
         let tap = match &cfg.tap {
             TapSource::Name(n) => Tap::open(n)?,
             TapSource::Fd(fd) => Tap::from_raw(*fd)?,
+            TapSource::Passed(fd) => Tap::from_fd(fd.try_clone().map_err(TapError::Setup)?)?,
         };
         Ok(Net::with_tap(tap, cfg.mac))
     }

@@ -35,13 +35,28 @@ pub struct VsockConfig {
 }
 
 /// Where a `--net` device's tap comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum TapSource {
     /// Open (or attach to) the named tap.
     Name(String),
     /// An open tap file descriptor handed to vflaunch.
     Fd(i32),
+    /// A tap descriptor passed over the API socket (SCM_RIGHTS).
+    Passed(std::sync::Arc<std::os::fd::OwnedFd>),
 }
+
+impl PartialEq for TapSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TapSource::Name(a), TapSource::Name(b)) => a == b,
+            (TapSource::Fd(a), TapSource::Fd(b)) => a == b,
+            (TapSource::Passed(a), TapSource::Passed(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TapSource {}
 
 /// One `--net`.
 #[derive(Clone, Debug, PartialEq, Eq)]
