@@ -1,6 +1,7 @@
-//! `vm.add-disk`, `vm.add-net` and `vm.add-vsock` before boot: the device
-//! joins the VM's configuration; its image, tap or socket is opened when
-//! the VM is built (a bad one fails `vm.boot`, naming it).
+//! Cold plug before boot: `vm.add-device` (a VFIO function, checked against
+//! the host at once), `vm.add-disk`, `vm.add-net` and `vm.add-vsock` (the
+//! device joins the VM's configuration; its image, tap or socket is opened
+//! when the VM is built, and a bad one fails `vm.boot`, naming it).
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{info, Controller, Next, Spec};
+use crate::api::types;
 use crate::api::virtio_types::{self, Disk, Net, Vsock};
 use crate::api::Reply;
 use crate::virtio::options::VirtioConfig;
@@ -40,6 +42,45 @@ fn bad(e: impl std::fmt::Display) -> Reply {
 }
 
 impl Controller {
+    pub(super) fn add_device(&mut self, body: &Value) -> (Reply, Next) {
+        let r = (|| {
+            let d: types::Device = serde_json::from_value(body.clone())
+                .map_err(|e| Reply::error(400, format!("invalid JSON body: {e}")))?;
+            let bdf = d.bdf("device").map_err(|e| Reply::error(400, e))?;
+            if self.vm.is_some() {
+                return Err(Reply::error(
+                    400,
+                    "device hotplug is not available: add devices before vm.boot",
+                ));
+            }
+            let spec = self
+                .spec
+                .as_ref()
+                .ok_or_else(|| Reply::error(404, "no VM: vm.create first"))?;
+            if spec.config.devices.contains(&bdf) {
+                return Err(Reply::error(
+                    409,
+                    format!("{bdf} is already part of the VM"),
+                ));
+            }
+            let mut config = spec.config.clone();
+            config.devices.push(bdf);
+            self.preflight(&config)?;
+            let spec = self
+                .spec
+                .as_mut()
+                .ok_or_else(|| Reply::error(404, "no VM"))?;
+            let id = d.id.unwrap_or_else(|| format!("vfio{}", spec.ids.len()));
+            info::echo_device(&mut spec.echo, body);
+            spec.config = config;
+            spec.ids.push(id.clone());
+            // Slots are handed out in order after the host bridge.
+            let bdf = info::guest_bdf(spec.ids.len() as u8);
+            Ok(Reply::ok(json!({ "id": id, "bdf": bdf })))
+        })();
+        (r.unwrap_or_else(|e| e), Next::Continue)
+    }
+
     pub(super) fn add_virtio(
         &mut self,
         body: &Value,
