@@ -34,3 +34,6 @@ mod vmm;
 
 pub use app::execute;
 pub use cli::Cli;
+/// The virtio queue fuzz entry point, for a cargo-fuzz target.
+#[cfg(feature = "fuzzing")]
+pub use virtio::fuzz::fuzz_queue;

@@ -191,6 +191,27 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// A writable disk of `sectors` on an anonymous memory file.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn scratch(sectors: u64) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: memfd_create with a valid C string; the fd is checked.
+        let fd = unsafe { libc::memfd_create(c"vflaunch-disk".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(sectors * SECTOR)?;
+        Ok(Disk {
+            file,
+            capacity: sectors,
+            readonly: false,
+            id: b"fuzz".to_vec(),
+            buf: AlignedBuf::new(CHUNK),
+        })
+    }
+
     /// Checks that `len` bytes at `sector` are inside the disk; the byte offset.
     fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let len = len as u64;

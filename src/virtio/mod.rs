@@ -11,6 +11,8 @@
 
 pub mod block;
 pub mod common;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod net;
 pub mod options;
 pub mod pci;

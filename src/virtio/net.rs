@@ -268,6 +268,33 @@ impl Worker for NetWorker {
     }
 }
 
+/// Drives the queue handling on arbitrary guest memory: `q` as the
+/// transmit queue, then as the receive queue with `frame` waiting on the tap.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz(mem: &GuestMemoryMmap, q: Queue, irq: &Interrupt, frame: &[u8], vnet_hdr: bool) {
+    use std::os::fd::OwnedFd;
+    let Ok((a, b)) = std::os::unix::net::UnixDatagram::pair() else {
+        return;
+    };
+    let _ = a.set_nonblocking(true);
+    let _ = b.set_nonblocking(true);
+    let mut w = NetWorker {
+        tap: File::from(OwnedFd::from(a)),
+        vnet_hdr,
+        readable: true,
+        mem: mem.clone(),
+        rx: q,
+        tx: Queue::default(),
+        kicks: Vec::new(),
+        interrupt: irq.clone(),
+        buf: vec![0; MAX_FRAME],
+    };
+    let (m, tap, buf) = (&w.mem, &mut w.tap, &mut w.buf);
+    serve_queue(&mut w.rx, m, irq, 1, |c| transmit(m, tap, vnet_hdr, buf, c));
+    let _ = b.send(frame);
+    let _ = super::thread::with_scratch_registrar(|reg| w.receive(reg));
+}
+
 #[cfg(test)]
 #[path = "net_tests.rs"]
 mod tests;

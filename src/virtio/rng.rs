@@ -80,7 +80,7 @@ fn fill_random(buf: &mut [u8]) -> usize {
 }
 
 /// One request: fills the chain's writable buffers.
-fn serve(mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {
+pub fn serve(mem: &GuestMemoryMmap, chain: Chain<'_>) -> u32 {
     use std::io::Write;
     let Ok(mut w) = chain.writer(mem) else {
         log::warn!("virtio-rng: a request points outside guest memory");

@@ -58,6 +58,20 @@ impl Registrar<'_> {
     }
 }
 
+/// Runs `f` with a registrar on a throwaway epoll set (fuzzing and tests
+/// drive workers' packet handling without the device thread).
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn with_scratch_registrar<R>(f: impl FnOnce(&mut Registrar) -> R) -> std::io::Result<R> {
+    let epoll = Epoll::new()?;
+    let mut fds = Vec::new();
+    let mut reg = Registrar {
+        epoll: &epoll,
+        slot: 0,
+        fds: &mut fds,
+    };
+    Ok(f(&mut reg))
+}
+
 enum Cmd {
     Add(Box<dyn Worker>, SyncSender<std::io::Result<u32>>),
     Remove(u32, SyncSender<()>),
