@@ -400,3 +400,67 @@ impl Guest {
             .flatten()
     }
 }
+
+#[test]
+fn megabytes_both_ways_within_credit() {
+    const TOTAL: usize = 4 << 20;
+    let mut g = Guest::new();
+    let mut host = UnixStream::connect(&g.path).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    let (req, _) = g.recv().unwrap();
+    let hp = req.src_port;
+    let h = |op, fwd_cnt| Hdr {
+        src_port: 1024,
+        dst_port: hp,
+        op,
+        buf_alloc: 256 << 10,
+        fwd_cnt,
+        ..Default::default()
+    };
+    g.send(h(op::RESPONSE, 0), &[]);
+    assert_eq!(read_line(&mut host), format!("OK {hp}"));
+    // Host → guest: the guest reports what it consumed every 64 KiB.
+    let data: Vec<u8> = (0..TOTAL).map(|i| (i * 13 % 251) as u8).collect();
+    let mut w = host.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || w.write_all(&sent).unwrap());
+    let mut got = Vec::with_capacity(TOTAL);
+    let mut told = 0;
+    while got.len() < TOTAL {
+        let (p, d) = g.recv().expect("data keeps coming");
+        if p.op == op::RW {
+            assert!(
+                got.len() + d.len() - told <= 256 << 10,
+                "never beyond the credit"
+            );
+            got.extend_from_slice(&d);
+        }
+        if got.len() - told >= 64 << 10 {
+            told = got.len();
+            g.send(h(op::CREDIT_UPDATE, told as u32), &[]);
+        }
+    }
+    writer.join().unwrap();
+    assert!(got == data, "host → guest intact");
+    // Guest → host: 4 KiB packets within the host's credit.
+    let mut r = host.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = vec![0u8; TOTAL];
+        r.read_exact(&mut v).unwrap();
+        v
+    });
+    let (mut off, mut host_fwd) = (0usize, 0u32);
+    while off < TOTAL {
+        if off as u32 - host_fwd + 4096 > conn::BUF_ALLOC {
+            let (p, _) = g.recv().expect("a credit update");
+            if p.op == op::CREDIT_UPDATE || p.op == op::RW {
+                host_fwd = p.fwd_cnt;
+            }
+            continue;
+        }
+        g.send(h(op::RW, got.len() as u32), &data[off..off + 4096]);
+        off += 4096;
+    }
+    assert!(reader.join().unwrap() == data, "guest → host intact");
+    assert_eq!(g.d.status() & 0x40, 0);
+}
