@@ -307,6 +307,7 @@ impl VmConfig {
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
+        self.virtio.validate()?;
         Ok(())
     }
 }

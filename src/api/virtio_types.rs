@@ -94,7 +94,7 @@ pub struct Net {
     pub tap: Option<String>,
     /// Guest MAC.
     pub mac: Option<String>,
-    /// Tap descriptors valid in the VMM (vm.create) — vm.add-net passes them as SCM_RIGHTS.
+    /// Tap descriptor numbers: refused (vm.add-net passes taps as SCM_RIGHTS).
     #[serde(default)]
     pub fd: Vec<i32>,
     /// The caller's name for the device.
@@ -158,7 +158,7 @@ impl Net {
                 ))
             }
         };
-        if passed.len() > 1 || self.fd.len() > 1 {
+        if passed.len() > 1 {
             log::info!("{field}: more than one tap fd; virtio-net uses the first (one queue pair)");
         }
         Ok(NetConfig { tap, mac })
@@ -232,6 +232,14 @@ pub fn create_virtio(body: &Value) -> Result<VirtioConfig, RequestError> {
     if let Some(net) = body.get("net").filter(|d| !d.is_null()) {
         let net: Vec<Net> = parse(net)?;
         for (i, n) in net.iter().enumerate() {
+            if !n.fd.is_empty() {
+                // Descriptor numbers from a request would name the VMM's own files.
+                return Err(unsupported(
+                    &format!("net[{i}].fd"),
+                    &n.fd,
+                    "send tap descriptors with vm.add-net, as SCM_RIGHTS",
+                ));
+            }
             v.net.push(n.config(&format!("net[{i}]"), &[])?);
         }
     }
@@ -285,6 +293,10 @@ mod tests {
         assert!(e(json!({"net": [{"tap": "t", "mac": "zz"}]})).starts_with("net[0].mac="));
         assert!(e(json!({"vsock": {"cid": 2, "socket": "/s"}})).starts_with("vsock.cid=2"));
         assert!(e(json!({"rng": {"src": "/dev/random", "iommu": true}})).starts_with("rng.iommu"));
+        assert!(
+            e(json!({"net": [{"fd": [0]}]})).starts_with("net[0].fd=[0]"),
+            "never a raw fd"
+        );
     }
 
     #[test]

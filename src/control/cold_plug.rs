@@ -95,7 +95,7 @@ impl Controller {
                 .spec
                 .as_mut()
                 .ok_or_else(|| Reply::error(404, "no VM: vm.create first"))?;
-            let v = &mut spec.config.virtio;
+            let mut v = spec.config.virtio.clone();
             let (id, list) = match kind {
                 Kind::Disk => {
                     let d: Disk = virtio_types::body(body).map_err(bad)?;
@@ -129,7 +129,8 @@ impl Controller {
                     (s.id.unwrap_or_else(|| "vsock0".into()), "vsock")
                 }
             };
-            let v = spec.config.virtio.clone();
+            v.validate().map_err(bad)?;
+            spec.config.virtio = v.clone();
             let bdf = info::guest_bdf(slot(spec, &v, kind));
             info::echo_virtio(&mut spec.echo, list, body);
             log::info!("api: {list} device {id} added, guest PCI {bdf}");

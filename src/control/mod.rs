@@ -404,7 +404,12 @@ impl Controller {
         };
         let devices = self.preflight(&spec.config)?;
         let status = |e: &VmmError| {
-            if matches!(e, VmmError::Boot(_)) {
+            // What the caller named and the host refused: a bad kernel, a
+            // locked image, a missing tap, a vsock socket in use.
+            if matches!(
+                e,
+                VmmError::Boot(_) | VmmError::Disk(_) | VmmError::Vsock(_) | VmmError::Tap(_)
+            ) {
                 400
             } else {
                 500

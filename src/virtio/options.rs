@@ -10,6 +10,12 @@ pub enum OptionError {
     /// A `key=value` list that does not parse.
     #[error("--{0} {1:?}: {2}")]
     Bad(&'static str, String, &'static str),
+    /// A disk image that is not there or not an image.
+    #[error("disk image {0:?} {1}")]
+    Image(PathBuf, &'static str),
+    /// A vsock socket path that cannot be bound.
+    #[error("vsock socket {0:?} {1}")]
+    Socket(PathBuf, &'static str),
 }
 
 /// One `--disk`.
@@ -78,6 +84,37 @@ pub struct VirtioConfig {
     pub vsock: Option<VsockConfig>,
     /// Network devices.
     pub net: Vec<NetConfig>,
+}
+
+impl VirtioConfig {
+    /// Checks what can be checked before the VM is built: each image is a
+    /// regular file or a block device, the vsock socket's directory exists.
+    /// (Images are opened and locked, taps attached, when the VM is built.)
+    pub fn validate(&self) -> Result<(), OptionError> {
+        use std::os::unix::fs::FileTypeExt;
+        for d in &self.disks {
+            let t = std::fs::metadata(&d.path)
+                .map_err(|_| OptionError::Image(d.path.clone(), "does not exist: check the path"))?
+                .file_type();
+            if !t.is_file() && !t.is_block_device() {
+                return Err(OptionError::Image(
+                    d.path.clone(),
+                    "is not a regular file or a block device: give a raw image",
+                ));
+            }
+        }
+        if let Some(v) = &self.vsock {
+            let dir = v.socket.parent().filter(|p| !p.as_os_str().is_empty());
+            let ok = v.socket.file_name().is_some() && dir.is_none_or(|d| d.is_dir());
+            if !ok {
+                return Err(OptionError::Socket(
+                    v.socket.clone(),
+                    "cannot be made: give a path in an existing directory",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn pairs<'a>(flag: &'static str, s: &'a str) -> Result<Vec<(&'a str, &'a str)>, OptionError> {
@@ -195,6 +232,32 @@ mod tests {
         assert!(parse_disk("path=/i,colour=red").is_err());
         assert!(parse_disk("path=/i,id=123456789012345678901").is_err());
         assert!(parse_disk("/i.raw").is_err());
+    }
+
+    #[test]
+    fn validate_checks_images_and_socket_dirs() {
+        let img = tempfile::NamedTempFile::new().unwrap();
+        let mut v = VirtioConfig {
+            disks: vec![parse_disk(&format!("path={}", img.path().display())).unwrap()],
+            vsock: Some(parse_vsock("cid=3,socket=/tmp/v.sock").unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(v.validate(), Ok(()));
+        v.disks[0].path = "/nonexistent.img".into();
+        assert!(v
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        v.disks[0].path = "/tmp".into();
+        assert!(v
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a regular file"));
+        v.disks.clear();
+        v.vsock = Some(parse_vsock("cid=3,socket=/nonexistent/v.sock").unwrap());
+        assert!(v.validate().is_err());
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum VsockError {
     /// Another process serves the socket.
     #[error("vsock socket {0} is in use by a running process: pick another path")]
     InUse(PathBuf),
+    /// Something other than a socket is there.
+    #[error("vsock socket {0} exists and is not a socket: remove it or pick another path")]
+    NotASocket(PathBuf),
     /// The socket cannot be made.
     #[error("cannot listen on vsock socket {0}: check the directory and its permissions")]
     Bind(PathBuf, #[source] std::io::Error),
@@ -52,8 +55,12 @@ pub struct Vsock {
 impl Vsock {
     /// Listens on `cfg.socket`; a stale socket file is replaced, a live one refused.
     pub fn new(cfg: &VsockConfig) -> Result<Self, VsockError> {
+        use std::os::unix::fs::FileTypeExt;
         let path = cfg.socket.clone();
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if !meta.file_type().is_socket() {
+                return Err(VsockError::NotASocket(path));
+            }
             if UnixStream::connect(&path).is_ok() {
                 return Err(VsockError::InUse(path));
             }

@@ -464,3 +464,31 @@ fn megabytes_both_ways_within_credit() {
     assert!(reader.join().unwrap() == data, "guest → host intact");
     assert_eq!(g.d.status() & 0x40, 0);
 }
+
+#[test]
+fn the_socket_path_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let cfg = |socket: &std::path::Path| VsockConfig {
+        cid: 3,
+        socket: socket.to_path_buf(),
+    };
+    assert!(matches!(
+        Vsock::new(&cfg(&file)),
+        Err(VsockError::NotASocket(_))
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "keep me",
+        "never removed"
+    );
+    let live = dir.path().join("live.sock");
+    let _l = UnixListener::bind(&live).unwrap();
+    assert!(matches!(Vsock::new(&cfg(&live)), Err(VsockError::InUse(_))));
+    let stale = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    let v = Vsock::new(&cfg(&stale)).unwrap();
+    drop(v);
+    assert!(!stale.exists(), "removed with the device");
+}
