@@ -134,3 +134,111 @@ fn bad_frames_are_dropped() {
     assert_eq!(rx.used_elem(0).1, 0);
     assert_eq!(d.status() & 0x40, 0);
 }
+
+/// An AF_PACKET socket on interface `name` (all protocols).
+fn packet_socket(name: &str) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just made and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: binds `fd` to a sockaddr_ll of the right size.
+    let r = unsafe {
+        libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    (index != 0 && r == 0).then_some(fd)
+}
+
+#[test]
+fn frames_cross_a_real_tap() {
+    use std::os::fd::AsRawFd;
+    let test = "frames_cross_a_real_tap";
+    let cfg = crate::virtio::options::parse_net("tap=vfltest2,mac=52:54:00:00:00:02").unwrap();
+    let net = match Net::open(&cfg) {
+        Ok(n) => n,
+        Err(e) => return crate::testing::skip(test, &e.to_string()),
+    };
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "vfltest2", "up"])
+        .status();
+    if !up.is_ok_and(|s| s.success()) {
+        return crate::testing::skip(test, "cannot bring a tap up (ip link)");
+    }
+    let Some(ps) = packet_socket("vfltest2") else {
+        return crate::testing::skip(test, "no AF_PACKET socket");
+    };
+    let mut d = Driver::new(Box::new(net));
+    let mut rx = TestQueue::new(&d.mem, 0x10000, 16);
+    let mut tx = TestQueue::new(&d.mem, 0x20000, 16);
+    let f = d.device_features();
+    assert_eq!(d.init(f, &[&rx, &tx]), 0xf);
+    for i in 0..8 {
+        rx.add_chain(&[(0x200000 + i * 0x1000, 2048, true)]);
+    }
+    d.kick(0);
+    // Host → guest: a frame to the guest's MAC with a local ethertype.
+    let mut frame = vec![0x52, 0x54, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 9, 0x88, 0xb5];
+    frame.extend_from_slice(b"hello guest, over a real tap");
+    // SAFETY: send(2) of a valid buffer on our socket.
+    let n = unsafe { libc::send(ps.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    assert_eq!(n as usize, frame.len());
+    let t0 = std::time::Instant::now();
+    let mut found = false;
+    while !found && t0.elapsed() < Duration::from_secs(5) {
+        // The kernel may send its own frames (IPv6 router solicitations) too.
+        for i in 0..rx.used_idx() {
+            let (head, len) = rx.used_elem(i);
+            let mut g = vec![0u8; len as usize];
+            d.mem
+                .read_slice(&mut g, GuestAddress(0x200000 + u64::from(head) * 0x1000))
+                .unwrap();
+            found |= g.len() >= VNET_HDR_LEN && g[VNET_HDR_LEN..] == frame[..];
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(found, "the frame reached the guest's buffer with a header");
+    // Guest → host.
+    let mut out = vec![0u8; VNET_HDR_LEN];
+    let payload = b"hello host, from the guest";
+    out.extend_from_slice(&[0x02, 0, 0, 0, 0, 9, 0x52, 0x54, 0, 0, 0, 2, 0x88, 0xb5]);
+    out.extend_from_slice(payload);
+    d.mem.write_slice(&out, GuestAddress(0x100000)).unwrap();
+    tx.add_chain(&[(0x100000, out.len() as u32, false)]);
+    d.kick(1);
+    let mut buf = vec![0u8; 2048];
+    let t0 = std::time::Instant::now();
+    let mut seen = false;
+    while !seen && t0.elapsed() < Duration::from_secs(5) {
+        // SAFETY: recv(2) into a valid buffer on our socket, non-blocking.
+        let n = unsafe {
+            libc::recv(
+                ps.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            seen = buf[..n as usize].ends_with(payload);
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(seen, "the guest's frame came out of the tap");
+}

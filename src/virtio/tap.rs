@@ -107,15 +107,20 @@ impl Tap {
         Self::setup(file, flags & libc::IFF_VNET_HDR != 0, name)
     }
 
-    /// Takes over descriptor number `fd` of this process (`--net fd=N`).
+    /// Uses descriptor number `fd` of this process (`--net fd=N`) through a
+    /// duplicate, so a wrong number never closes anything of the process's.
     pub fn from_raw(fd: i32) -> Result<Self, TapError> {
-        // SAFETY: F_GETFD only checks that `fd` is open; no memory involved.
-        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates `fd` if it is open (else fails);
+        // no memory is involved.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 || dup < 0 {
             return Err(TapError::NotATap(fd));
         }
-        // SAFETY: `fd` is open and was handed to this process for the tap;
-        // nothing else in the VMM owns it.
-        Self::from_fd(unsafe { OwnedFd::from_raw_fd(fd) })
+        // SAFETY: `dup` was just made and nothing else owns it.
+        Self::from_fd(unsafe { OwnedFd::from_raw_fd(dup) }).map_err(|e| match e {
+            TapError::NotATap(_) => TapError::NotATap(fd),
+            e => e,
+        })
     }
 
     fn setup(file: File, vnet_hdr: bool, name: String) -> Result<Self, TapError> {
@@ -161,5 +166,11 @@ mod tests {
             Err(TapError::NotATap(_))
         ));
         assert!(matches!(Tap::from_raw(987_654), Err(TapError::NotATap(_))));
+        // A descriptor that is not a tap stays open.
+        let keep = File::open("/dev/null").unwrap();
+        let fd = keep.as_raw_fd();
+        assert!(matches!(Tap::from_raw(fd), Err(TapError::NotATap(n)) if n == fd));
+        // SAFETY: F_GETFD on a number; no memory involved.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0, "still open");
     }
 }
