@@ -20,10 +20,8 @@ pub const MAX_HANDSHAKE: usize = 32;
 pub enum State {
     /// Host-initiated: REQUEST sent, waiting for the guest's RESPONSE.
     Connecting,
-    /// Data flows.
+    /// Data flows (each way until that side shuts it down).
     Established,
-    /// The host side closed (SHUTDOWN sent); waiting for the guest's RST.
-    Closing,
 }
 
 /// A stream between a guest port and a host unix socket.
@@ -49,6 +47,11 @@ pub struct Conn {
     pub readable: bool,
     /// The guest said it will send no more (SHUTDOWN with SEND).
     pub guest_done: bool,
+    /// The host side sent EOF (the guest got SHUTDOWN with SEND), or the
+    /// guest will receive no more: nothing more is read from the host.
+    pub host_done: bool,
+    /// Both ways are shut: reset once the bytes for the host are written.
+    pub finish: bool,
 }
 
 impl Conn {
@@ -66,6 +69,8 @@ impl Conn {
             to_host: VecDeque::new(),
             readable: false,
             guest_done: false,
+            host_done: false,
+            finish: false,
         }
     }
 
@@ -131,10 +136,15 @@ impl Conn {
         Ok(())
     }
 
+    /// True when the connection is over: both ways shut and nothing left to write.
+    pub fn finished(&self) -> bool {
+        self.finish && self.to_host.is_empty()
+    }
+
     /// What epoll should watch: input while not known readable, output while bytes wait.
     pub fn interest(&self) -> EventSet {
         let mut e = EventSet::ONE_SHOT;
-        if !self.readable && self.state == State::Established {
+        if !self.readable && !self.host_done && self.state == State::Established {
             e |= EventSet::IN;
         }
         if !self.to_host.is_empty() {

@@ -215,7 +215,7 @@ impl Mux {
         if events.intersects(EventSet::IN | EventSet::HANG_UP) && c.state == State::Established {
             c.readable = true;
         }
-        if c.flush_to_host().is_err() {
+        if c.flush_to_host().is_err() || c.finished() {
             return self.reset(key, reg);
         }
         if c.wants_credit_update() {
@@ -278,19 +278,21 @@ impl Mux {
                 }
             }
             op::CREDIT_REQUEST => self.send_ctrl(key, op::CREDIT_UPDATE, 0),
-            op::SHUTDOWN
-                if pkt.flags() & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND =>
-            {
-                return self.reset(key, reg);
-            }
-            op::SHUTDOWN if pkt.flags() & SHUTDOWN_SEND != 0 => {
-                c.guest_done = true;
-                if c.flush_to_host().is_err() {
+            op::SHUTDOWN => {
+                let f = pkt.flags();
+                c.guest_done |= f & SHUTDOWN_SEND != 0;
+                if f & SHUTDOWN_RCV != 0 {
+                    c.host_done = true; // the guest takes no more data
+                    c.readable = false;
+                }
+                // Both ways shut: write what is left for the host, then reset.
+                c.finish |= c.guest_done && c.host_done;
+                if c.flush_to_host().is_err() || c.finished() {
                     return self.reset(key, reg);
                 }
             }
             op::RST => return self.close(key, reg),
-            op::CREDIT_UPDATE | op::SHUTDOWN => {}
+            op::CREDIT_UPDATE => {}
             _ => return self.reset(key, reg),
         }
         if let Some(c) = self.conns.get(&key) {
@@ -328,7 +330,8 @@ impl Mux {
     /// The next connection with data for the guest and credit to send it, round robin.
     fn next_ready(&self) -> Option<Key> {
         let ready = |(k, c): (&Key, &Conn)| {
-            (c.readable && c.state == State::Established && c.credit() > 0).then_some(*k)
+            (c.readable && !c.host_done && c.state == State::Established && c.credit() > 0)
+                .then_some(*k)
         };
         let after = self.conns.range((
             std::ops::Bound::Excluded(self.cursor),
@@ -370,10 +373,15 @@ impl Mux {
         }
         match c.stream.read(&mut self.buf[..n]) {
             Ok(0) => {
-                // The host closed: tell the guest, wait for its RST.
-                c.state = State::Closing;
+                // EOF from the host: it sends no more (it may still read).
+                c.host_done = true;
                 c.readable = false;
-                self.header(pkt, key, op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0);
+                c.finish |= c.guest_done;
+                Self::arm(reg, c);
+                self.header(pkt, key, op::SHUTDOWN, SHUTDOWN_SEND, 0);
+                if self.conns.get(&key).is_some_and(Conn::finished) {
+                    self.close(key, reg);
+                }
                 Some(PKT_HEADER_SIZE as u32)
             }
             Ok(n) => {
