@@ -165,6 +165,10 @@ fn katas_virtio_sequence() {
         Some(2),
         "{msg}"
     );
+    let tree = info["device_tree"].as_object().unwrap();
+    assert_eq!(tree["virtio-rng"]["pci_bdf"], "0000:00:01.0", "{msg}");
+    assert_eq!(tree["virtio-vsock"]["pci_bdf"], "0000:00:04.0", "{msg}");
+    assert_eq!(tree.len(), 5, "rng, two disks, vsock, net: {msg}");
     // A host client on the hybrid socket (the guest has no driver: no answer yet).
     let mut client = UnixStream::connect(&vsock).unwrap();
     client.write_all(b"CONNECT 1024\n").unwrap();

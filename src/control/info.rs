@@ -114,6 +114,15 @@ pub fn vm_info(
             json!({"id": id, "resources": [], "children": [], "pci_bdf": guest_bdf(slot), "host_bdf": host}),
         );
     }
+    // The virtio functions, by their device names, once the VM is built.
+    for (name, slot) in slots.unwrap_or_default() {
+        if name.starts_with("virtio") {
+            tree.insert(
+                name.clone(),
+                json!({"id": name, "resources": [], "children": [], "pci_bdf": guest_bdf(*slot)}),
+            );
+        }
+    }
     json!({
         "state": state,
         "config": echo,

@@ -288,6 +288,11 @@ impl Controller {
             let props = json!({"id": id, "host_bdf": host, "guest_bdf": info::guest_bdf(*slot), "backend": "vfio-group"});
             self.events.emit("vm", "device-added", Some(props));
         }
+        for (name, slot) in vm.devices().iter().skip(spec.ids.len()) {
+            let props =
+                json!({"id": name, "guest_bdf": info::guest_bdf(*slot), "backend": "virtio"});
+            self.events.emit("vm", "device-added", Some(props));
+        }
         self.vm = Some(vm);
         self.shut_down = false;
         Ok(())
