@@ -148,3 +148,158 @@ fn guest_sees_virtio_net_on_a_tap() {
         "{stderr}"
     );
 }
+
+/// A few x86 instructions (32-bit protected mode, flat, no paging) with
+/// forward-jump fixups: enough for a guest driver.
+#[derive(Default)]
+struct Asm {
+    c: Vec<u8>,
+    fixups: Vec<(usize, &'static str)>,
+    labels: Vec<(&'static str, usize)>,
+}
+
+impl Asm {
+    fn b(&mut self, bytes: &[u8]) -> &mut Self {
+        self.c.extend_from_slice(bytes);
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.b(&v.to_le_bytes())
+    }
+    fn out32(&mut self, port: u16, v: u32) -> &mut Self {
+        self.b(&[0x66, 0xba]).b(&port.to_le_bytes()); // mov dx, port
+        self.b(&[0xb8]).u32(v).b(&[0xef]) // mov eax, v; out dx, eax
+    }
+    fn out16(&mut self, port: u16, v: u16) -> &mut Self {
+        self.b(&[0x66, 0xba]).b(&port.to_le_bytes());
+        self.b(&[0x66, 0xb8]).b(&v.to_le_bytes()).b(&[0x66, 0xef])
+    }
+    fn store8(&mut self, addr: u32, v: u8) -> &mut Self {
+        self.b(&[0xc6, 0x05]).u32(addr).b(&[v])
+    }
+    fn store16(&mut self, addr: u32, v: u16) -> &mut Self {
+        self.b(&[0x66, 0xc7, 0x05]).u32(addr).b(&v.to_le_bytes())
+    }
+    fn store32(&mut self, addr: u32, v: u32) -> &mut Self {
+        self.b(&[0xc7, 0x05]).u32(addr).u32(v)
+    }
+    /// A rel32 jump (`op` = [0xe9] or [0x0f, 0x8x]) to `label`, fixed up later.
+    fn jump(&mut self, op: &[u8], label: &'static str) -> &mut Self {
+        self.b(op);
+        self.fixups.push((self.c.len(), label));
+        self.u32(0)
+    }
+    fn label(&mut self, l: &'static str) -> &mut Self {
+        self.labels.push((l, self.c.len()));
+        self
+    }
+    fn here(&self) -> usize {
+        self.c.len()
+    }
+    fn finish(mut self) -> Vec<u8> {
+        for (at, l) in &self.fixups {
+            let target = self.labels.iter().find(|(n, _)| n == l).unwrap().1;
+            let rel = target as i32 - (*at as i32 + 4);
+            self.c[*at..*at + 4].copy_from_slice(&rel.to_le_bytes());
+        }
+        self.c
+    }
+}
+
+#[test]
+fn a_tiny_driver_gets_random_bytes_through_an_ioeventfd_kick() {
+    // The rng function is the only PCI device: slot 1, BAR0 first in the 32-bit window.
+    const BAR: u32 = 0xc000_0000;
+    const DESC: u32 = 0x30_0000;
+    const AVAIL: u32 = DESC + 0x100;
+    const USED: u32 = DESC + 0x200;
+    const BUF: u32 = DESC + 0x1000;
+    let mut a = Asm::default();
+    a.out32(0xcf8, 0x8000_0804).out16(0xcfc, 0x6); // memory decode + bus master
+    a.store8(BAR + 0x14, 1 | 2); // ACKNOWLEDGE | DRIVER
+    a.store32(BAR + 0x08, 1).store32(BAR + 0x0c, 1); // driver features: VERSION_1
+    a.store8(BAR + 0x14, 1 | 2 | 8); // FEATURES_OK
+    a.store16(BAR + 0x16, 0).store16(BAR + 0x18, 4); // queue 0, 4 entries
+    a.store32(BAR + 0x20, DESC).store32(BAR + 0x24, 0);
+    a.store32(BAR + 0x28, AVAIL).store32(BAR + 0x2c, 0);
+    a.store32(BAR + 0x30, USED).store32(BAR + 0x34, 0);
+    a.store16(BAR + 0x1c, 1); // queue_enable
+    a.store8(BAR + 0x14, 0xf); // DRIVER_OK
+                               // One writable 16-byte buffer, made available.
+    a.store32(DESC, BUF)
+        .store32(DESC + 4, 0)
+        .store32(DESC + 8, 16)
+        .store32(DESC + 12, 2);
+    a.store16(AVAIL + 4, 0).store16(AVAIL + 2, 1);
+    a.store16(BAR + 0x3000, 0); // the kick: a KVM ioeventfd, no exit
+    a.b(&[0xb9]).u32(200_000_000); // mov ecx, bound
+    let poll = a.here();
+    a.b(&[0x66, 0xa1]).u32(USED + 2); // mov ax, [used.idx]
+    a.b(&[0x66, 0x3d, 1, 0]); // cmp ax, 1
+    a.jump(&[0x0f, 0x84], "used"); // je used
+    a.b(&[0x49]); // dec ecx
+    let back = poll as i32 - (a.here() as i32 + 6);
+    a.b(&[0x0f, 0x85]).b(&back.to_le_bytes()); // jnz poll
+    a.jump(&[0xe9], "fail");
+    a.label("used");
+    a.b(&[0xa1]).u32(BUF); // mov eax, [buf]
+    for off in [4, 8, 12] {
+        a.b(&[0x0b, 0x05]).u32(BUF + off); // or eax, [buf + off]
+    }
+    a.b(&[0x85, 0xc0]); // test eax, eax
+    a.jump(&[0x0f, 0x84], "fail"); // all zero: no random bytes
+                                   // Print the message, then S5.
+    let msg = b"rng bytes via ioeventfd\n";
+    a.b(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    a.b(&[0xbe]);
+    let msg_at = a.here();
+    a.u32(0); // mov esi, msg (patched below)
+    a.b(&[0xb9]).u32(msg.len() as u32); // mov ecx, len
+    a.b(&[0xac, 0xee, 0x49, 0x75, 0xfb]); // lodsb; out dx, al; dec ecx; jnz
+    a.b(&[0xeb, 0xfe]); // spin: the test reads the exit counters, then stops it
+    a.label("fail");
+    a.b(&[0x66, 0xba, 0x00, 0x06, 0xb0, 0x01, 0xee, 0xf4, 0xeb, 0xfd]); // reset
+    let mut code = a.finish();
+    let msg_addr = (TINY_ENTRY as usize + code.len()) as u32;
+    code[msg_at..msg_at + 4].copy_from_slice(&msg_addr.to_le_bytes());
+    code.extend_from_slice(msg);
+    let test = "a_tiny_driver_gets_random_bytes_through_an_ioeventfd_kick";
+    if let Some(why) = kvm_unusable() {
+        return skip(test, &why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(dir.path(), "driver.elf", &elf64(&code, true));
+    let sock = dir.path().join("api.sock");
+    let s = sock.to_str().unwrap();
+    let args = [
+        "run",
+        "--kernel",
+        &kernel,
+        "--memory",
+        "64M",
+        "--no-devices-from-env",
+        "--rng",
+    ];
+    let mut child = vflaunch_command(&args)
+        .args(["--api-socket", s])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let counters = vflaunch_command(&["api", "--api-socket", s, "GET", "vm.counters"])
+        .output()
+        .unwrap();
+    // SAFETY: kill(2) on our own child: SIGINT stops the VM at once.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(line, "rng bytes via ioeventfd\n", "stderr: {stderr}");
+    assert!(stderr.contains("virtio-rng: driver ready"), "{stderr}");
+    let c: serde_json::Value = serde_json::from_slice(&counters.stdout).unwrap();
+    // 14 trapped stores set the device up; the 15th, the kick, never left the guest.
+    assert_eq!(c["vcpu_exits"]["mmio_write"], 14, "{c}");
+}
