@@ -215,40 +215,20 @@ fn a_tiny_driver_gets_random_bytes_through_an_ioeventfd_kick() {
     const USED: u32 = DESC + 0x200;
     const BUF: u32 = DESC + 0x1000;
     let mut a = Asm::default();
-    a.out32(0xcf8, 0x8000_0804).out16(0xcfc, 0x6); // memory decode + bus master
-    a.store8(BAR + 0x14, 1 | 2); // ACKNOWLEDGE | DRIVER
-    a.store32(BAR + 0x08, 1).store32(BAR + 0x0c, 1); // driver features: VERSION_1
-    a.store8(BAR + 0x14, 1 | 2 | 8); // FEATURES_OK
-    a.store16(BAR + 0x16, 0).store16(BAR + 0x18, 4); // queue 0, 4 entries
-    a.store32(BAR + 0x20, DESC).store32(BAR + 0x24, 0);
-    a.store32(BAR + 0x28, AVAIL).store32(BAR + 0x2c, 0);
-    a.store32(BAR + 0x30, USED).store32(BAR + 0x34, 0);
-    a.store16(BAR + 0x1c, 1); // queue_enable
-    a.store8(BAR + 0x14, 0xf); // DRIVER_OK
-                               // One writable 16-byte buffer, made available.
-    a.store32(DESC, BUF)
-        .store32(DESC + 4, 0)
-        .store32(DESC + 8, 16)
-        .store32(DESC + 12, 2);
+    bring_up(&mut a, BAR, DESC, 0); // 16 trapped stores
+                                    // One writable 16-byte buffer, made available, and the kick: a KVM
+                                    // ioeventfd, no exit.
+    a.store32(DESC, BUF).store32(DESC + 4, 0);
+    a.store32(DESC + 8, 16).store32(DESC + 12, 2);
     a.store16(AVAIL + 4, 0).store16(AVAIL + 2, 1);
-    a.store16(BAR + 0x3000, 0); // the kick: a KVM ioeventfd, no exit
-    a.b(&[0xb9]).u32(200_000_000); // mov ecx, bound
-    let poll = a.here();
-    a.b(&[0x66, 0xa1]).u32(USED + 2); // mov ax, [used.idx]
-    a.b(&[0x66, 0x3d, 1, 0]); // cmp ax, 1
-    a.jump(&[0x0f, 0x84], "used"); // je used
-    a.b(&[0x49]); // dec ecx
-    let back = poll as i32 - (a.here() as i32 + 6);
-    a.b(&[0x0f, 0x85]).b(&back.to_le_bytes()); // jnz poll
-    a.jump(&[0xe9], "fail");
-    a.label("used");
+    kick_and_wait(&mut a, BAR, USED, 1, "used");
     a.b(&[0xa1]).u32(BUF); // mov eax, [buf]
     for off in [4, 8, 12] {
         a.b(&[0x0b, 0x05]).u32(BUF + off); // or eax, [buf + off]
     }
     a.b(&[0x85, 0xc0]); // test eax, eax
     a.jump(&[0x0f, 0x84], "fail"); // all zero: no random bytes
-                                   // Print the message, then S5.
+                                   // Print the message, then spin.
     let msg = b"rng bytes via ioeventfd\n";
     a.b(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
     a.b(&[0xbe]);
@@ -300,6 +280,122 @@ fn a_tiny_driver_gets_random_bytes_through_an_ioeventfd_kick() {
     assert_eq!(line, "rng bytes via ioeventfd\n", "stderr: {stderr}");
     assert!(stderr.contains("virtio-rng: driver ready"), "{stderr}");
     let c: serde_json::Value = serde_json::from_slice(&counters.stdout).unwrap();
-    // 14 trapped stores set the device up; the 15th, the kick, never left the guest.
-    assert_eq!(c["vcpu_exits"]["mmio_write"], 14, "{c}");
+    // 16 trapped stores set the device up; the 17th, the kick, never left the guest.
+    assert_eq!(c["vcpu_exits"]["mmio_write"], 16, "{c}");
+}
+
+/// The driver's side of bringing a device in slot 1 up with queue 0 of 4
+/// entries at `desc`/`desc + 0x100`/`desc + 0x200` (16 trapped stores).
+fn bring_up(a: &mut Asm, bar: u32, desc: u32, features: u32) {
+    a.out32(0xcf8, 0x8000_0804).out16(0xcfc, 0x6); // memory decode + bus master
+    a.store8(bar + 0x14, 1 | 2);
+    a.store32(bar + 0x08, 0).store32(bar + 0x0c, features);
+    a.store32(bar + 0x08, 1).store32(bar + 0x0c, 1); // VERSION_1
+    a.store8(bar + 0x14, 1 | 2 | 8);
+    a.store16(bar + 0x16, 0).store16(bar + 0x18, 4);
+    a.store32(bar + 0x20, desc).store32(bar + 0x24, 0);
+    a.store32(bar + 0x28, desc + 0x100).store32(bar + 0x2c, 0);
+    a.store32(bar + 0x30, desc + 0x200).store32(bar + 0x34, 0);
+    a.store16(bar + 0x1c, 1);
+    a.store8(bar + 0x14, 0xf);
+}
+
+/// Kicks queue 0 and waits for the used index to reach `n`; else jumps to "fail".
+fn kick_and_wait(a: &mut Asm, bar: u32, used: u32, n: u16, done: &'static str) {
+    a.store16(bar + 0x3000, 0);
+    a.b(&[0xb9]).u32(200_000_000); // mov ecx, bound
+    let poll = a.here();
+    a.b(&[0x66, 0xa1]).u32(used + 2); // mov ax, [used.idx]
+    a.b(&[0x66, 0x3d]).b(&n.to_le_bytes()); // cmp ax, n
+    a.jump(&[0x0f, 0x84], done);
+    a.b(&[0x49]); // dec ecx
+    let back = poll as i32 - (a.here() as i32 + 6);
+    a.b(&[0x0f, 0x85]).b(&back.to_le_bytes()); // jnz poll
+    a.jump(&[0xe9], "fail");
+    a.label(done);
+}
+
+/// Jumps to "fail" unless the byte at `addr` is 0 (VIRTIO_BLK_S_OK).
+fn expect_zero_byte(a: &mut Asm, addr: u32) {
+    a.b(&[0x80, 0x3d]).u32(addr).b(&[0]); // cmp byte [addr], 0
+    a.jump(&[0x0f, 0x85], "fail");
+}
+
+#[test]
+fn a_tiny_driver_writes_and_flushes_a_disk_sector() {
+    const BAR: u32 = 0xc000_0000;
+    const DESC: u32 = 0x30_0000;
+    const HDR: u32 = DESC + 0x1000;
+    const FLUSH: u32 = DESC + 0x1010;
+    const DATA: u32 = DESC + 0x2000;
+    const STATUS: u32 = DESC + 0x3000;
+    let mut a = Asm::default();
+    bring_up(&mut a, BAR, DESC, 1 << 9); // VIRTIO_BLK_F_FLUSH
+                                         // 512 bytes of "OKOK" at DATA: mov edi; mov eax; mov ecx, 128; rep stosd.
+    a.b(&[0xbf])
+        .u32(DATA)
+        .b(&[0xb8])
+        .u32(0x4b4f_4b4f)
+        .b(&[0xb9])
+        .u32(128)
+        .b(&[0xf3, 0xab]);
+    // OUT to sector 2: header, data, status.
+    a.store32(HDR, 1)
+        .store32(HDR + 4, 0)
+        .store32(HDR + 8, 2)
+        .store32(HDR + 12, 0);
+    let desc = |a: &mut Asm, i: u32, addr: u32, len: u32, flags: u16, next: u16| {
+        let at = DESC + 16 * i;
+        a.store32(at, addr).store32(at + 4, 0).store32(at + 8, len);
+        a.store16(at + 12, flags).store16(at + 14, next);
+    };
+    desc(&mut a, 0, HDR, 16, 1, 1);
+    desc(&mut a, 1, DATA, 512, 1, 2);
+    desc(&mut a, 2, STATUS, 1, 2, 0);
+    a.store8(STATUS, 0xff)
+        .store16(DESC + 0x104, 0)
+        .store16(DESC + 0x102, 1);
+    kick_and_wait(&mut a, BAR, DESC + 0x200, 1, "written");
+    expect_zero_byte(&mut a, STATUS);
+    // FLUSH: header and the status descriptor again.
+    a.store32(FLUSH, 4)
+        .store32(FLUSH + 4, 0)
+        .store32(FLUSH + 8, 0)
+        .store32(FLUSH + 12, 0);
+    desc(&mut a, 3, FLUSH, 16, 1, 2);
+    a.store8(STATUS, 0xff)
+        .store16(DESC + 0x106, 3)
+        .store16(DESC + 0x102, 2);
+    kick_and_wait(&mut a, BAR, DESC + 0x200, 2, "flushed");
+    expect_zero_byte(&mut a, STATUS);
+    a.b(&[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd]); // S5
+    a.label("fail");
+    a.b(&[0x66, 0xba, 0x00, 0x06, 0xb0, 0x01, 0xee, 0xf4, 0xeb, 0xfd]); // reset
+    let code = a.finish();
+    let img = tempfile::NamedTempFile::new().unwrap();
+    img.as_file().set_len(8 * 512).unwrap();
+    let disk = format!("path={}", img.path().display());
+    let Some(out) = boot(
+        "a_tiny_driver_writes_and_flushes_a_disk_sector",
+        &elf64(&code, true),
+        &["--disk", &disk, "--serial", "off"],
+    ) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "powered off, not reset: {stderr}"
+    );
+    let bytes = std::fs::read(img.path()).unwrap();
+    assert_eq!(
+        &bytes[1024..1536],
+        "OKOK".repeat(128).as_bytes(),
+        "sector 2 on disk"
+    );
+    assert!(
+        bytes[..1024].iter().chain(&bytes[1536..]).all(|b| *b == 0),
+        "nothing else"
+    );
 }

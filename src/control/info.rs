@@ -170,7 +170,11 @@ pub fn counters(vm: &Vmm, host: &HostPaths) -> Value {
     let text = std::fs::read_to_string(host.proc.join("interrupts")).unwrap_or_default();
     let all = vfio_interrupts(&text);
     // Host interrupts are the passed-through functions'; virtio vectors are irqfds.
-    for (name, _) in vm.devices().iter().filter(|(n, _)| !n.starts_with("virtio")) {
+    for (name, _) in vm
+        .devices()
+        .iter()
+        .filter(|(n, _)| !n.starts_with("virtio"))
+    {
         let vectors = all.get(name).cloned().unwrap_or_default();
         out.insert(name.clone(), json!(vectors));
     }
