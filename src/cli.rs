@@ -153,6 +153,10 @@ pub struct ApiArgs {
     pub endpoint: String,
     /// JSON body (for vm.create, vm.add-device); @FILE reads it from a file
     pub body: Option<String>,
+    /// Open (or create) the tap NAME and send its descriptor with the request as
+    /// SCM_RIGHTS, as Kata's launcher does with vm.add-net
+    #[arg(long, value_name = "NAME")]
+    pub tap: Option<String>,
     /// Seconds to wait for the answer
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub timeout: u64,

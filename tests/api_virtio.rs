@@ -131,6 +131,23 @@ fn katas_virtio_sequence() {
         info["bdf"], "0000:00:04.0",
         "rng, disk, vsock, then the net: {msg}"
     );
+    // The same with `vflaunch api --tap`, which opens the tap and sends it.
+    let out = vflaunch_command(&[
+        "api",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--tap",
+        "vflkata1",
+        "PUT",
+        "vm.add-net",
+        r#"{"mac": "52:54:00:aa:bb:02"}"#,
+    ])
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said} {err}");
+    assert!(said.contains("0000:00:05.0"), "the second net: {said}");
     let (status, msg) = http(
         &sock,
         "PUT",
@@ -168,7 +185,7 @@ fn katas_virtio_sequence() {
     let tree = info["device_tree"].as_object().unwrap();
     assert_eq!(tree["virtio-rng"]["pci_bdf"], "0000:00:01.0", "{msg}");
     assert_eq!(tree["virtio-vsock"]["pci_bdf"], "0000:00:04.0", "{msg}");
-    assert_eq!(tree.len(), 5, "rng, two disks, vsock, net: {msg}");
+    assert_eq!(tree.len(), 6, "rng, two disks, vsock, two nets: {msg}");
     // A host client on the hybrid socket (the guest has no driver: no answer yet).
     let mut client = UnixStream::connect(&vsock).unwrap();
     client.write_all(b"CONNECT 1024\n").unwrap();
