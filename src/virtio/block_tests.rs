@@ -63,7 +63,8 @@ fn write_read_flush_get_id_through_the_transport() {
         "capacity in sectors"
     );
     let f = d.device_features();
-    assert_eq!(f, (1 << 32) | (1 << VIRTIO_BLK_F_FLUSH), "flush, writable");
+    let want = (1 << 32) | (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_DISCARD);
+    assert_eq!(f, want, "flush, discard, writable");
     assert_eq!(d.init(f, &[&q]), 0xf);
     let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
     d.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
@@ -120,9 +121,9 @@ fn bad_requests_get_error_statuses() {
         run(&mut d, &mut q, VIRTIO_BLK_T_OUT, 0, 100, false).0,
         ioerr
     );
-    // Discard and unknown types.
+    // Write-zeroes is not offered; unknown types.
     assert_eq!(
-        run(&mut d, &mut q, 11, 0, 16, false).0,
+        run(&mut d, &mut q, 13, 0, 16, false).0,
         VIRTIO_BLK_S_UNSUPP as u8
     );
     assert_eq!(
@@ -157,6 +158,7 @@ fn host_io_errors_become_ioerr() {
         file: std::fs::File::open(img.path()).unwrap(),
         capacity: 1024,
         readonly: false,
+        discard: false,
         id: Vec::new(),
         buf: AlignedBuf::new(CHUNK),
     };
@@ -229,4 +231,58 @@ fn readonly_disk_refuses_writes() {
     let (s, _) = run(&mut d, &mut q, VIRTIO_BLK_T_OUT, 0, 512, false);
     assert_eq!(s, VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(run(&mut d, &mut q, VIRTIO_BLK_T_IN, 0, 512, true).0, 0);
+}
+
+#[test]
+fn discard_punches_holes_within_the_disk() {
+    let img = image(64);
+    let mut d = Driver::new(Box::new(Block::open(&cfg(&img)).unwrap()));
+    let mut q = TestQueue::new(&d.mem, 0x10000, 64);
+    let dev = crate::virtio::pci_layout::bar::DEVICE;
+    assert_eq!(d.read(dev + 40, 4), u64::from(MAX_DISCARD_SEG));
+    assert_eq!(d.read(dev + 44, 4), u64::from(DISCARD_ALIGN));
+    let f = d.device_features();
+    assert_eq!(d.init(f, &[&q]), 0xf);
+    d.mem
+        .write_slice(&[0xaa; 8192], GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(run(&mut d, &mut q, VIRTIO_BLK_T_OUT, 8, 8192, false).0, 0);
+    // One range: sectors 8..16.
+    let mut seg = [0u8; 16];
+    seg[..8].copy_from_slice(&8u64.to_le_bytes());
+    seg[8..12].copy_from_slice(&8u32.to_le_bytes());
+    d.mem.write_slice(&seg, GuestAddress(DATA)).unwrap();
+    assert_eq!(run(&mut d, &mut q, VIRTIO_BLK_T_DISCARD, 0, 16, false).0, 0);
+    let on_disk = std::fs::read(img.path()).unwrap();
+    assert_eq!(on_disk.len(), 64 * 512, "the size stays");
+    assert!(
+        on_disk[8 * 512..16 * 512].iter().all(|b| *b == 0),
+        "discarded"
+    );
+    assert!(
+        on_disk[16 * 512..24 * 512].iter().all(|b| *b == 0xaa),
+        "kept"
+    );
+    // Past the end, and a malformed request, are errors.
+    seg[..8].copy_from_slice(&60u64.to_le_bytes());
+    d.mem.write_slice(&seg, GuestAddress(DATA)).unwrap();
+    let ioerr = VIRTIO_BLK_S_IOERR as u8;
+    assert_eq!(
+        run(&mut d, &mut q, VIRTIO_BLK_T_DISCARD, 0, 16, false).0,
+        ioerr
+    );
+    assert_eq!(
+        run(&mut d, &mut q, VIRTIO_BLK_T_DISCARD, 0, 10, false).0,
+        ioerr
+    );
+    // A read-only disk offers no discard.
+    drop(d);
+    let ro = DiskConfig {
+        readonly: true,
+        ..cfg(&img)
+    };
+    assert_eq!(
+        Block::open(&ro).unwrap().features() & (1 << VIRTIO_BLK_F_DISCARD),
+        0
+    );
 }
