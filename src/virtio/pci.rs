@@ -320,8 +320,14 @@ impl PciDevice for VirtioPciDevice {
         let off = addr.wrapping_sub(self.bar.addr);
         data.fill(0);
         let len = data.len() as u64;
+        if len == 0 {
+            return;
+        }
         match off {
-            o if o + len <= super::common::off::LEN => {
+            o if o
+                .checked_add(len)
+                .is_some_and(|e| e <= super::common::off::LEN) =>
+            {
                 self.common.read(o, data);
                 if o == super::common::off::DEVICE_STATUS {
                     data[0] = self.status();
@@ -342,7 +348,12 @@ impl PciDevice for VirtioPciDevice {
         let off = addr.wrapping_sub(self.bar.addr);
         let len = data.len() as u64;
         match off {
-            o if o + len <= super::common::off::LEN => self.write_common(o, data),
+            o if o
+                .checked_add(len)
+                .is_some_and(|e| e <= super::common::off::LEN) =>
+            {
+                self.write_common(o, data)
+            }
             o if (bar::DEVICE..bar::DEVICE + bar::DEVICE_LEN).contains(&o) => {
                 self.dev.write_config(o - bar::DEVICE, data)
             }
