@@ -37,6 +37,9 @@ pub enum Error {
     /// The API of a running vflaunch could not be reached.
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    /// `vflaunch api --tap`.
+    #[error(transparent)]
+    Tap(#[from] crate::virtio::tap::TapError),
     /// A body file for `vflaunch api` could not be read.
     #[error("cannot read the request body file {0}")]
     BodyFile(String, #[source] std::io::Error),
@@ -62,9 +65,11 @@ impl Error {
                 exit_code::USAGE
             }
             Error::Host(_) | Error::Bind(_) | Error::Seccomp(_) => exit_code::HOST,
-            Error::Control(_) | Error::Vmm(_) | Error::Client(_) | Error::Generate(_) => {
-                exit_code::VMM
-            }
+            Error::Control(_)
+            | Error::Vmm(_)
+            | Error::Client(_)
+            | Error::Generate(_)
+            | Error::Tap(_) => exit_code::VMM,
         }
     }
 }
@@ -159,11 +164,21 @@ fn api(args: ApiArgs) -> Result<i32, Error> {
         other => other.map(str::to_string),
     };
     let t = Duration::from_secs(args.timeout);
-    let a = client::call(
+    let tap = args
+        .tap
+        .as_deref()
+        .map(crate::virtio::tap::Tap::open)
+        .transpose()?;
+    let fds: Vec<_> = tap
+        .iter()
+        .map(|t| std::os::fd::AsRawFd::as_raw_fd(&t.file))
+        .collect();
+    let a = client::call_with_fds(
         &args.api_socket,
         &args.method,
         &args.endpoint,
         body.as_deref(),
+        &fds,
         t,
     )?;
     if !a.body.is_empty() {

@@ -17,6 +17,9 @@ use crate::host::privileges::User;
 use crate::intake::{
     devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
 };
+use crate::virtio::options::{
+    parse_disk, parse_net, parse_vsock, DiskConfig, NetConfig, VirtioConfig, VsockConfig,
+};
 use std::os::fd::RawFd;
 
 const LONG_ABOUT: &str = "\
@@ -202,6 +205,10 @@ pub struct ApiArgs {
     pub endpoint: String,
     /// JSON body (for vm.create, vm.add-device); @FILE reads it from a file
     pub body: Option<String>,
+    /// Open (or create) the tap NAME and send its descriptor with the request as
+    /// SCM_RIGHTS, as Kata's launcher does with vm.add-net
+    #[arg(long, value_name = "NAME")]
+    pub tap: Option<String>,
     /// Seconds to wait for the answer
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub timeout: u64,
@@ -345,6 +352,20 @@ pub struct RunArgs {
     /// vflaunch then needs no access to /dev/iommu or /dev/vfio
     #[arg(long, value_name = "N")]
     pub iommufd_fd: Option<RawFd>,
+    /// A virtio entropy device fed from the host's getrandom (guest: /dev/hwrng)
+    #[arg(long)]
+    pub rng: bool,
+    /// A virtio-blk disk from a raw image (repeatable): path=IMG[,readonly=on][,direct=on][,id=NAME];
+    /// a writable image is locked against a second VM
+    #[arg(long, value_name = "path=IMG,...", value_parser = parse_disk)]
+    pub disk: Vec<DiskConfig>,
+    /// A hybrid virtio-vsock device: cid=N,socket=PATH (host clients write "CONNECT <port>\n"
+    /// to PATH; guest connections to host port P go to PATH_P)
+    #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-net device on a tap (repeatable): tap=NAME[,mac=MAC] or fd=N[,mac=MAC]
+    #[arg(long, value_name = "tap=NAME|fd=N", value_parser = parse_net)]
+    pub net: Vec<NetConfig>,
     /// API socket, events and lifecycle.
     #[command(flatten)]
     pub control: ControlArgs,
@@ -436,6 +457,7 @@ impl RunArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let virtio = self.virtio(&file)?;
         let kernel = self
             .kernel
             .clone()
@@ -469,9 +491,35 @@ impl RunArgs {
                 iommufd: self.iommufd_fd,
                 devices: fds,
             },
+            virtio,
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+impl RunArgs {
+    /// Flags add disks and nets to the file's; `--vsock` replaces the file's.
+    fn virtio(&self, file: &FileConfig) -> Result<VirtioConfig, CliError> {
+        let mut disks = self.disk.clone();
+        for d in file.disks.iter().flatten() {
+            disks.push(parse_disk(d).map_err(ConfigError::from)?);
+        }
+        let mut net = self.net.clone();
+        for n in file.net.iter().flatten() {
+            net.push(parse_net(n).map_err(ConfigError::from)?);
+        }
+        let vsock = match (&self.vsock, &file.vsock) {
+            (Some(v), _) => Some(v.clone()),
+            (None, Some(s)) => Some(parse_vsock(s).map_err(ConfigError::from)?),
+            (None, None) => None,
+        };
+        Ok(VirtioConfig {
+            rng: self.rng || file.rng.unwrap_or(false),
+            disks,
+            vsock,
+            net,
+        })
     }
 }
 

@@ -30,8 +30,12 @@ mod sync;
 mod testing;
 mod vcpu;
 mod vfio;
+mod virtio;
 mod vm;
 mod vmm;
 
 pub use app::execute;
 pub use cli::{Cli, LogFormat};
+/// The virtio queue fuzz entry point, for a cargo-fuzz target.
+#[cfg(feature = "fuzzing")]
+pub use virtio::fuzz::fuzz_queue;

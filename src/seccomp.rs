@@ -54,6 +54,8 @@ pub enum ThreadKind {
     Vcpu,
     /// Handles one API request.
     Api,
+    /// Runs the virtio devices (guest queues, disk images, taps, vsock sockets).
+    Device,
 }
 
 /// Errors installing a filter.
@@ -108,6 +110,7 @@ ioctl_iow_nr!(
     0x46,
     kvm_bindings::kvm_userspace_memory_region
 );
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, 110);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, 111);
 
@@ -178,11 +181,51 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
                 KVM_SET_GSI_ROUTING(),
                 KVM_IRQFD(),
                 KVM_SET_USER_MEMORY_REGION(),
+                // A moved virtio BAR takes its notify ioeventfds along.
+                KVM_IOEVENTFD(),
                 VFIO_DEVICE_SET_IRQS(),
                 VFIO_DEVICE_RESET(),
             ];
             let ioctls: Vec<u64> = ioctls.to_vec();
             r.insert(libc::SYS_ioctl, one_of(1, &ioctls)?);
+        }
+        ThreadKind::Device => {
+            for n in [
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_poll,
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                libc::SYS_preadv,
+                libc::SYS_pwritev,
+                libc::SYS_readv,
+                libc::SYS_fsync,
+                libc::SYS_fdatasync,
+                libc::SYS_fallocate,
+                libc::SYS_getrandom,
+                libc::SYS_accept,
+                libc::SYS_accept4,
+                libc::SYS_connect,
+                libc::SYS_recvfrom,
+                libc::SYS_recvmsg,
+                libc::SYS_sendto,
+                libc::SYS_sendmsg,
+                libc::SYS_shutdown,
+                libc::SYS_getsockopt,
+                libc::SYS_setsockopt,
+                libc::SYS_fstat,
+                libc::SYS_newfstatat,
+                libc::SYS_statx,
+            ] {
+                r.insert(n, Vec::new());
+            }
+            // vsock joins unix sockets only.
+            r.insert(libc::SYS_socket, one_of(0, &[libc::AF_UNIX as u64])?);
+            r.insert(
+                libc::SYS_ioctl,
+                one_of(1, &[libc::FIONBIO, libc::FIONREAD])?,
+            );
         }
         ThreadKind::Api => {
             for n in [

@@ -147,3 +147,22 @@ fn enforcing_mode_stops_the_process_naming_the_syscall() {
     assert_eq!("log".parse::<Mode>(), Ok(Mode::Log));
     assert!("yes".parse::<Mode>().is_err());
 }
+
+#[test]
+fn device_threads_join_unix_sockets_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vsock_1024");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (unix, inet, open) = filtered(ThreadKind::Device, move || {
+        let unix = std::os::unix::net::UnixStream::connect(&path).is_ok();
+        let inet = errno_of(std::net::TcpListener::bind("127.0.0.1:0"));
+        (unix, inet, errno_of(std::fs::File::open("/etc/hostname")))
+    });
+    assert!(unix, "vsock reaches unix sockets");
+    assert_eq!(inet, Some(libc::EPERM), "no IP sockets");
+    assert_eq!(
+        open,
+        Some(libc::EPERM),
+        "images are opened before the guest runs"
+    );
+}

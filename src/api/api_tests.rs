@@ -47,9 +47,9 @@ fn answers_in_json_with_the_dialects_status_codes() {
             .status,
         400
     );
-    let a = call(&path, "PUT", "vm.add-net", Some("{}"), T).unwrap();
+    let a = call(&path, "PUT", "vm.add-fs", Some("{}"), T).unwrap();
     assert_eq!(a.status, 400);
-    assert!(a.body.contains("virtio-net"), "{}", a.body);
+    assert!(a.body.contains("shared_fs"), "{}", a.body);
     let a = call(&path, "PUT", "vm.create", Some(r#"{"payload":{}}"#), T).unwrap();
     assert!(a.body.contains("VmCreate"), "{}", a.body);
 }
@@ -91,4 +91,39 @@ fn big_bodies_and_slow_clients_hold_no_one_else() {
     assert_eq!(call(&path, "GET", "vmm.ping", None, T).unwrap().status, 200);
     assert!(start.elapsed() < Duration::from_secs(2));
     drop(slow);
+}
+
+/// Sends `req` in one sendmsg with `fds` attached (as Kata's clh driver
+/// does) and returns the raw answer.
+fn send_with(path: &Path, req: &str, fds: &[std::os::fd::RawFd]) -> String {
+    use std::io::Read;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let s = UnixStream::connect(path).unwrap();
+    s.send_with_fds(&[req.as_bytes()], fds).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    (&s).read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn descriptors_sent_with_add_net_reach_the_controller() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, path) = serve_echo(&dir);
+    let body = r#"{"mac":"52:54:00:01:02:03","num_queues":2,"queue_size":256}"#;
+    let req = format!(
+        "PUT /api/v1/vm.add-net HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let tap = std::fs::File::open("/dev/null").unwrap();
+    let out = send_with(&path, &req, &[tap.as_raw_fd()]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("PassedFds([OwnedFd"), "the fd arrived: {out}");
+    // A client naming a mailbox entry itself gets nothing.
+    let forged = req.replacen("Host:", "X-Vflaunch-Fds: 0\r\nHost:", 1);
+    let out = send_with(&path, &forged, &[]);
+    assert!(out.contains("PassedFds([])"), "{out}");
+    // Plain requests still work through the relay, keep-alive included.
+    assert_eq!(call(&path, "GET", "vmm.ping", None, T).unwrap().status, 200);
 }

@@ -41,6 +41,20 @@ pub fn call(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<Answer, ClientError> {
+    call_with_fds(path, method, endpoint, body, &[], timeout)
+}
+
+/// [`call`], with `fds` sent as SCM_RIGHTS in the same `sendmsg` as the
+/// whole request (what Kata's clh driver does for `vm.add-net`).
+pub fn call_with_fds(
+    path: &Path,
+    method: &str,
+    endpoint: &str,
+    body: Option<&str>,
+    fds: &[std::os::fd::RawFd],
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
     let name = path.display().to_string();
     let io = |e| ClientError::Io(name.clone(), e);
     let mut s = UnixStream::connect(path).map_err(io)?;
@@ -51,8 +65,14 @@ pub fn call(
         "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).map_err(io)?;
-    s.write_all(body.as_bytes()).map_err(io)?;
+    let request = [head.as_bytes(), body.as_bytes()].concat();
+    let sent = if fds.is_empty() {
+        0
+    } else {
+        s.send_with_fds(&[&request[..]], fds)
+            .map_err(|e| io(std::io::Error::from_raw_os_error(e.errno())))?
+    };
+    s.write_all(&request[sent..]).map_err(io)?;
     let mut raw = Vec::new();
     s.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
     parse(&raw).ok_or(ClientError::NotHttp(name))

@@ -8,8 +8,10 @@
 //! the VM and answers. Nothing here can block or stop the VM.
 
 pub mod client;
+pub mod relay;
 pub mod routes;
 pub mod types;
+pub mod virtio_types;
 
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -91,6 +93,9 @@ pub type Call = (Action, mpsc::SyncSender<Reply>);
 /// The running server; stops and removes its socket when dropped.
 pub struct ApiServer {
     path: PathBuf,
+    /// The private directory of tiny_http's socket.
+    private: PathBuf,
+    relay: Option<relay::Relay>,
     stop: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
@@ -119,37 +124,67 @@ impl ApiServer {
         wake: Arc<EventFd>,
     ) -> Result<Self, ApiError> {
         clear_stale(path)?;
-        let bind = |e: Box<dyn std::error::Error + Send + Sync>| {
-            ApiError::Bind(path.to_path_buf(), std::io::Error::other(e.to_string()))
+        let io = |e| ApiError::Bind(path.to_path_buf(), e);
+        let private = private_dir().map_err(io)?;
+        let internal = private.join("http.sock");
+        let server = tiny_http::Server::http_unix(&internal)
+            .map_err(|e| io(std::io::Error::other(e.to_string())));
+        let server = match server {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&private);
+                return Err(e);
+            }
         };
         // The socket is born 0600: no moment in which others may connect.
         // SAFETY: umask only swaps the process's file-creation mask.
         let old = unsafe { libc::umask(0o177) };
-        let server = tiny_http::Server::http_unix(path);
+        let public = std::os::unix::net::UnixListener::bind(path);
         // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(old) };
-        let server = server.map_err(bind)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ApiError::Bind(path.to_path_buf(), e))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let (s, n) = (stop.clone(), in_flight.clone());
-        let thread = std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || serve(server, calls, wake, s, n))
-            .map_err(ApiError::Thread)?;
-        log::info!("API on {}", path.display());
-        Ok(ApiServer {
+        let mut api = ApiServer {
             path: path.to_path_buf(),
-            stop,
-            in_flight,
-            thread: Some(thread),
-        })
+            private,
+            relay: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            thread: None,
+        };
+        let public = public.map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let mailbox = Arc::new(relay::FdMailbox::default());
+        api.relay = Some(relay::Relay::start(public, internal, mailbox.clone()).map_err(io)?);
+        let (s, n) = (api.stop.clone(), api.in_flight.clone());
+        api.thread = Some(
+            std::thread::Builder::new()
+                .name("api".into())
+                .spawn(move || serve(server, calls, wake, s, n, mailbox))
+                .map_err(ApiError::Thread)?,
+        );
+        log::info!("API on {}", path.display());
+        Ok(api)
     }
+}
+
+/// A new directory only this user can enter, for tiny_http's socket.
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let mut last = std::io::Error::other("no name left");
+    for i in 0..100 {
+        let d = base.join(format!("vflaunch-api-{}-{i}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+            Ok(()) => return Ok(d),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
+        self.relay = None; // no new connections
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -162,6 +197,7 @@ impl Drop for ApiServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir_all(&self.private);
     }
 }
 
@@ -171,6 +207,7 @@ fn serve(
     wake: Arc<EventFd>,
     stop: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
+    mailbox: Arc<relay::FdMailbox>,
 ) {
     while !stop.load(Ordering::SeqCst) {
         let rq = match server.recv_timeout(Duration::from_millis(100)) {
@@ -186,13 +223,18 @@ fn serve(
             respond(rq, Reply::error(503, "too many requests at once: retry"));
             continue;
         }
-        let (calls, wake, n) = (calls.clone(), wake.clone(), in_flight.clone());
+        let (calls, wake, n, mb) = (
+            calls.clone(),
+            wake.clone(),
+            in_flight.clone(),
+            mailbox.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("api-request".into())
             .spawn(move || {
                 // A client's request is handled from here on: only the API syscalls.
                 match crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
-                    Ok(()) => handle(rq, &calls, &wake),
+                    Ok(()) => handle(rq, &calls, &wake, &mb),
                     Err(e) => respond(rq, Reply::error(500, crate::error::error_chain(&e))),
                 }
                 n.fetch_sub(1, Ordering::SeqCst);
@@ -204,7 +246,27 @@ fn serve(
     }
 }
 
-fn handle(mut rq: tiny_http::Request, calls: &mpsc::Sender<Call>, wake: &EventFd) {
+/// The descriptors that came with `rq` (the relay's header comes first;
+/// one a client wrote itself is never looked at).
+fn passed_fds(
+    rq: &tiny_http::Request,
+    mailbox: &relay::FdMailbox,
+) -> Vec<Arc<std::os::fd::OwnedFd>> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.equiv(relay::FD_HEADER))
+        .and_then(|h| h.value.as_str().parse::<u64>().ok())
+        .map(|id| mailbox.take(id))
+        .unwrap_or_default()
+}
+
+fn handle(
+    mut rq: tiny_http::Request,
+    calls: &mpsc::Sender<Call>,
+    wake: &EventFd,
+    mailbox: &relay::FdMailbox,
+) {
+    let fds = passed_fds(&rq, mailbox);
     if rq.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
         return respond(rq, Reply::error(413, "request body over 1 MiB"));
     }
@@ -226,7 +288,10 @@ fn handle(mut rq: tiny_http::Request, calls: &mpsc::Sender<Call>, wake: &EventFd
         }
         Err(RouteError::BadBody(m)) => Reply::error(400, m),
         Ok(Action::Unsupported(why)) => Reply::error(400, why),
-        Ok(action) => {
+        Ok(mut action) => {
+            if let Action::VmAddNet(_, passed) = &mut action {
+                passed.0 = fds;
+            }
             log::debug!("api: {method} {}", rq.url());
             let (tx, rx) = mpsc::sync_channel(1);
             if calls.send((action, tx)).is_err() || wake.write(1).is_err() {

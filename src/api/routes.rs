@@ -1,7 +1,21 @@
 //! Which endpoint a request names, in Cloud Hypervisor's dialect: method,
 //! path under `/api/v1/`, and whether a JSON body comes with it.
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
 use serde_json::Value;
+
+/// Descriptors that came with a request (SCM_RIGHTS), shared so the
+/// action stays cloneable; equal when they are the same descriptors.
+#[derive(Clone, Debug, Default)]
+pub struct PassedFds(pub Vec<Arc<OwnedFd>>);
+
+impl PartialEq for PassedFds {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
 
 /// The API's base path.
 pub const BASE: &str = "/api/v1/";
@@ -35,6 +49,12 @@ pub enum Action {
     VmCounters,
     /// `PUT vm.add-device` with a `DeviceConfig`.
     VmAddDevice(Value),
+    /// `PUT vm.add-disk` with a `DiskConfig`.
+    VmAddDisk(Value),
+    /// `PUT vm.add-net` with a `NetConfig` and the tap descriptors sent with it.
+    VmAddNet(Value, PassedFds),
+    /// `PUT vm.add-vsock` with a `VsockConfig`.
+    VmAddVsock(Value),
     /// An endpoint of the dialect that vflaunch does not offer (yet).
     Unsupported(&'static str),
 }
@@ -52,17 +72,17 @@ pub enum RouteError {
 
 /// Endpoints of Cloud Hypervisor's API that vflaunch answers with 4xx,
 /// and why.
-const UNSUPPORTED: [(&str, &str); 14] = [
+const UNSUPPORTED: [(&str, &str); 11] = [
     (
         "vm.resize",
         "resizing is not available: size the VM in vm.create",
     ),
     ("vm.resize-zone", "memory zones are not available"),
     ("vm.resize-disk", "disks are not available yet"),
-    ("vm.add-disk", "virtio-blk is not available yet"),
-    ("vm.add-net", "virtio-net is not available yet"),
-    ("vm.add-fs", "virtio-fs is not available"),
-    ("vm.add-vsock", "virtio-vsock is not available yet"),
+    (
+        "vm.add-fs",
+        "virtio-fs is not available: set shared_fs = \"none\" in Kata's configuration",
+    ),
     ("vm.add-pmem", "virtio-pmem is not available"),
     ("vm.add-vdpa", "vDPA is not available"),
     ("vm.add-user-device", "vfio-user is not available"),
@@ -106,7 +126,12 @@ pub fn route(method: &str, url: &str, body: Option<&[u8]>) -> Result<Action, Rou
         "vm.delete" => need(put, Action::VmDelete),
         "vm.create" if put => Ok(Action::VmCreate(json(body)?)),
         "vm.add-device" if put => Ok(Action::VmAddDevice(json(body)?)),
-        "vm.create" | "vm.add-device" => Err(RouteError::MethodNotAllowed),
+        "vm.add-disk" if put => Ok(Action::VmAddDisk(json(body)?)),
+        "vm.add-net" if put => Ok(Action::VmAddNet(json(body)?, PassedFds::default())),
+        "vm.add-vsock" if put => Ok(Action::VmAddVsock(json(body)?)),
+        "vm.create" | "vm.add-device" | "vm.add-disk" | "vm.add-net" | "vm.add-vsock" => {
+            Err(RouteError::MethodNotAllowed)
+        }
         other => UNSUPPORTED
             .iter()
             .find(|(n, _)| *n == other)
@@ -156,6 +181,22 @@ mod tests {
         );
         assert!(
             matches!(route("PUT", "/api/v1/vm.resize", None), Ok(Action::Unsupported(w)) if w.contains("resiz"))
+        );
+        assert!(
+            matches!(route("PUT", "/api/v1/vm.add-fs", Some(b"{}")), Ok(Action::Unsupported(w)) if w.contains("shared_fs"))
+        );
+        let disk = br#"{"path": "/img"}"#;
+        assert!(matches!(
+            route("PUT", "/api/v1/vm.add-disk", Some(disk)),
+            Ok(Action::VmAddDisk(_))
+        ));
+        assert!(matches!(
+            route("PUT", "/api/v1/vm.add-net", Some(b"{}")),
+            Ok(Action::VmAddNet(_, f)) if f.0.is_empty()
+        ));
+        assert_eq!(
+            route("GET", "/api/v1/vm.add-vsock", Some(disk)),
+            Err(RouteError::MethodNotAllowed)
         );
     }
 }

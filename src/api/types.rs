@@ -210,11 +210,7 @@ pub struct CreateBody {
 
 /// Virtio and other device lists vflaunch does not have yet: present and
 /// non-empty means refused.
-const MISSING_DEVICES: [(&str, &str); 10] = [
-    ("disks", "virtio-blk is not available yet"),
-    ("net", "virtio-net is not available yet"),
-    ("fs", "virtio-fs is not available"),
-    ("vsock", "virtio-vsock is not available yet"),
+const MISSING_DEVICES: [(&str, &str); 6] = [
     ("pmem", "virtio-pmem is not available"),
     ("vdpa", "vDPA is not available"),
     ("user_devices", "vfio-user is not available"),
@@ -251,6 +247,7 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, RequestError> {
             return Err(unsupported(field, v, why));
         }
     }
+    let virtio = super::virtio_types::create_virtio(body)?;
     let b: CreateBody =
         serde_json::from_value(body.clone()).map_err(|e| RequestError::Json(e.to_string()))?;
     for (field, on, why) in [
@@ -282,6 +279,7 @@ pub fn create_request(body: &Value) -> Result<CreateRequest, RequestError> {
         .kernel
         .ok_or(RequestError::Missing("payload.kernel"))?;
     let mut config = VmConfig::new(kernel);
+    config.virtio = virtio;
     config.initramfs = payload.initramfs;
     if let Some(c) = payload.cmdline {
         config.cmdline = c;

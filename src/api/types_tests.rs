@@ -54,15 +54,15 @@ fn missing_features_are_refused_naming_field_and_value() {
             "cpus.max_vcpus=4",
         ),
         (
-            Box::new(|b| b["disks"] = json!([{"path": "/d"}])),
-            "disks=[{\"path\":\"/d\"}]",
+            Box::new(|b| b["disks"] = json!([{"path": "/d", "vhost_user": true}])),
+            "disks[0].vhost_user=true",
         ),
-        (Box::new(|b| b["net"] = json!([{"tap": "t0"}])), "net="),
         (Box::new(|b| b["fs"] = json!([{"tag": "x"}])), "fs="),
         (
-            Box::new(|b| b["vsock"] = json!({"cid": 3, "socket": "/s"})),
-            "vsock=",
+            Box::new(|b| b["vsock"] = json!({"cid": 1, "socket": "/s"})),
+            "vsock.cid=1",
         ),
+        (Box::new(|b| b["pmem"] = json!([{"file": "/p"}])), "pmem="),
         (
             Box::new(|b| b["devices"][0]["iommu"] = json!(true)),
             "devices[0].iommu=true",

@@ -75,6 +75,25 @@ pub fn echo_device(echo: &mut Value, device: &Value) {
     }
 }
 
+/// Adds a `vm.add-disk`/`-net`/`-vsock` body to the echoed configuration
+/// (`disks` and `net` are lists, `vsock` is one object).
+pub fn echo_virtio(echo: &mut Value, field: &str, device: &Value) {
+    let Some(obj) = echo.as_object_mut() else {
+        return;
+    };
+    if field == "vsock" {
+        obj.insert(field.into(), device.clone());
+        return;
+    }
+    let list = obj.entry(field).or_insert_with(|| json!([]));
+    if list.is_null() {
+        *list = json!([]);
+    }
+    if let Some(list) = list.as_array_mut() {
+        list.push(device.clone());
+    }
+}
+
 /// `vm.info`: `state`, `config` and the device tree (before boot, the
 /// guest addresses the devices will get).
 pub fn vm_info(
@@ -94,6 +113,15 @@ pub fn vm_info(
             id.clone(),
             json!({"id": id, "resources": [], "children": [], "pci_bdf": guest_bdf(slot), "host_bdf": host}),
         );
+    }
+    // The virtio functions, by their device names, once the VM is built.
+    for (name, slot) in slots.unwrap_or_default() {
+        if name.starts_with("virtio") {
+            tree.insert(
+                name.clone(),
+                json!({"id": name, "resources": [], "children": [], "pci_bdf": guest_bdf(*slot)}),
+            );
+        }
     }
     json!({
         "state": state,
@@ -141,7 +169,12 @@ pub fn counters(vm: &Vmm, host: &HostPaths) -> Value {
     out.insert("vcpu_exits".into(), Value::Object(exits));
     let text = std::fs::read_to_string(host.proc.join("interrupts")).unwrap_or_default();
     let all = vfio_interrupts(&text);
-    for (name, _) in vm.devices() {
+    // Host interrupts are the passed-through functions'; virtio vectors are irqfds.
+    for (name, _) in vm
+        .devices()
+        .iter()
+        .filter(|(n, _)| !n.starts_with("virtio"))
+    {
         let vectors = all.get(name).cloned().unwrap_or_default();
         out.insert(name.clone(), json!(vectors));
     }

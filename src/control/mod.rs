@@ -8,6 +8,7 @@
 //! (exit 128 + signal). When the guest stops by itself, vflaunch tears down
 //! and exits with the guest's exit code, with or without an API.
 
+mod cold_plug;
 mod info;
 #[cfg(test)]
 mod tests;
@@ -307,6 +308,11 @@ impl Controller {
             let props = json!({"id": id, "host_bdf": host, "guest_bdf": info::guest_bdf(*slot), "backend": backend});
             self.events.emit("vm", "device-added", Some(props));
         }
+        for (name, slot) in vm.devices().iter().skip(spec.ids.len()) {
+            let props =
+                json!({"id": name, "guest_bdf": info::guest_bdf(*slot), "backend": "virtio"});
+            self.events.emit("vm", "device-added", Some(props));
+        }
         self.vm = Some(vm);
         self.shut_down = false;
         Ok(())
@@ -348,6 +354,9 @@ impl Controller {
             Action::VmCounters => (self.counters(), Next::Continue),
             Action::VmCreate(body) => done(self.create(&body)),
             Action::VmAddDevice(body) => self.add_device(&body),
+            Action::VmAddDisk(body) => self.add_virtio(&body, cold_plug::Kind::Disk, &[]),
+            Action::VmAddNet(body, fds) => self.add_virtio(&body, cold_plug::Kind::Net, &fds.0),
+            Action::VmAddVsock(body) => self.add_virtio(&body, cold_plug::Kind::Vsock, &[]),
             Action::VmBoot => done(self.boot()),
             Action::VmShutdown => done(self.shutdown_vm()),
             Action::VmReboot => done(self.shutdown_vm().and_then(|()| self.boot())),
@@ -416,45 +425,6 @@ impl Controller {
         Ok(())
     }
 
-    fn add_device(&mut self, body: &Value) -> (Reply, Next) {
-        let r = (|| {
-            let d: types::Device = serde_json::from_value(body.clone())
-                .map_err(|e| Reply::error(400, format!("invalid JSON body: {e}")))?;
-            let bdf = d.bdf("device").map_err(|e| Reply::error(400, e))?;
-            if self.vm.is_some() {
-                return Err(Reply::error(
-                    400,
-                    "device hotplug is not available: add devices before vm.boot",
-                ));
-            }
-            let spec = self
-                .spec
-                .as_ref()
-                .ok_or_else(|| Reply::error(404, "no VM: vm.create first"))?;
-            if spec.config.devices.contains(&bdf) {
-                return Err(Reply::error(
-                    409,
-                    format!("{bdf} is already part of the VM"),
-                ));
-            }
-            let mut config = spec.config.clone();
-            config.devices.push(bdf);
-            self.preflight(&config)?;
-            let spec = self
-                .spec
-                .as_mut()
-                .ok_or_else(|| Reply::error(404, "no VM"))?;
-            let id = d.id.unwrap_or_else(|| format!("vfio{}", spec.ids.len()));
-            info::echo_device(&mut spec.echo, body);
-            spec.config = config;
-            spec.ids.push(id.clone());
-            // Slots are handed out in order after the host bridge.
-            let bdf = info::guest_bdf(spec.ids.len() as u8);
-            Ok(Reply::ok(json!({ "id": id, "bdf": bdf })))
-        })();
-        (r.unwrap_or_else(|e| e), Next::Continue)
-    }
-
     fn boot(&mut self) -> Result<(), Reply> {
         if self.vm.is_some() {
             return Err(Reply::error(405, "the VM is booted already"));
@@ -464,7 +434,12 @@ impl Controller {
         };
         let devices = self.preflight(&spec.config)?;
         let status = |e: &VmmError| {
-            if matches!(e, VmmError::Boot(_)) {
+            // What the caller named and the host refused: a bad kernel, a
+            // locked image, a missing tap, a vsock socket in use.
+            if matches!(
+                e,
+                VmmError::Boot(_) | VmmError::Disk(_) | VmmError::Vsock(_) | VmmError::Tap(_)
+            ) {
                 400
             } else {
                 500

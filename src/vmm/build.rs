@@ -70,6 +70,8 @@ impl Vmm {
             power_button: None,
             console_socket: None,
             vfio: Vec::new(),
+            virtio: Vec::new(),
+            virtio_thread: None,
             slots: Vec::new(),
             router: None,
             bars: None,

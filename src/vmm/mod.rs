@@ -8,6 +8,7 @@
 mod build;
 #[cfg(test)]
 mod tests;
+mod virtio;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -75,6 +76,18 @@ pub enum VmmError {
     /// The request does not fit the VM's state.
     #[error("the VM is {0:?}: cannot {1}")]
     State(VmState, &'static str),
+    /// A virtio-pci function.
+    #[error(transparent)]
+    VirtioPci(#[from] crate::virtio::pci::VirtioPciError),
+    /// A disk image.
+    #[error(transparent)]
+    Disk(#[from] crate::virtio::block::DiskError),
+    /// The vsock socket.
+    #[error(transparent)]
+    Vsock(#[from] crate::virtio::vsock::VsockError),
+    /// A tap.
+    #[error(transparent)]
+    Tap(#[from] crate::virtio::tap::TapError),
     /// Eventfd/thread/OS plumbing.
     #[error("{0}")]
     Os(&'static str, #[source] std::io::Error),
@@ -109,6 +122,8 @@ pub struct Vmm {
     power_button: Option<GedTrigger>,
     console_socket: Option<crate::host::console_socket::ConsoleSocket>,
     vfio: Vec<Arc<Mutex<VfioPciDevice>>>,
+    virtio: Vec<Arc<Mutex<crate::virtio::pci::VirtioPciDevice>>>,
+    virtio_thread: Option<crate::virtio::thread::DeviceThread>,
     slots: Vec<(String, u8)>,
     router: Option<Arc<KvmMsiRouter>>,
     bars: Option<BarAllocator>,
@@ -138,6 +153,7 @@ impl Vmm {
         vmm.attach_legacy_devices(cfg)?;
         vmm.attach_pci()?;
         vmm.attach_vfio_devices(cfg, checked)?;
+        vmm.attach_virtio_devices(&cfg.virtio)?;
         vmm.map_dma()?;
         vmm.create_vcpus(cfg)?;
         log::info!("VM built in {} ms", started.elapsed().as_millis());
@@ -263,6 +279,9 @@ impl Vmm {
         }
         self.terminal = None;
         self.console_socket = None;
+        if self.stop_virtio() {
+            step("virtio stopped");
+        }
         for d in &self.vfio {
             lock(d).quiesce();
         }
@@ -275,6 +294,7 @@ impl Vmm {
         self.buses.pio.clear();
         self.root = None;
         self.serial = None;
+        self.virtio.clear();
         for d in self.vfio.drain(..) {
             if Arc::strong_count(&d) != 1 {
                 log::warn!("a passed-through device is still referenced at tear-down");

@@ -116,3 +116,53 @@ fn pause_resume_and_a_clean_stop() {
     vmm.shutdown(); // idempotent
     assert_eq!(vmm.teardown_steps().lock().unwrap().len(), 3);
 }
+
+#[test]
+fn virtio_devices_stop_after_the_vcpus_and_leave_nothing_behind() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut vmm, _mock)) = spinning_vm(&dir) else {
+        return;
+    };
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let sock = dir.path().join("vsock.sock");
+    let v = crate::virtio::options::VirtioConfig {
+        rng: true,
+        disks: vec![
+            crate::virtio::options::parse_disk(&format!("path={}", img.display())).unwrap(),
+        ],
+        vsock: Some(crate::virtio::options::VsockConfig {
+            cid: 3,
+            socket: sock.clone(),
+        }),
+        net: Vec::new(),
+    };
+    assert!(vmm.virtio_thread.is_none());
+    vmm.attach_virtio_devices(&v).unwrap();
+    let slots: Vec<u8> = vmm.devices().iter().map(|(_, s)| *s).collect();
+    assert_eq!(slots, [1, 2, 3, 4], "the VF, then rng, disk, vsock");
+    assert!(vmm.virtio_thread.is_some(), "one device thread for all");
+    assert_eq!(vmm.virtio.len(), 3);
+    assert!(sock.exists());
+    vmm.boot().unwrap();
+    let steps = vmm.teardown_steps();
+    vmm.shutdown();
+    assert_eq!(
+        *steps.lock().unwrap(),
+        [
+            "vcpus stopped",
+            "virtio stopped",
+            "devices quiesced",
+            "devices dropped"
+        ]
+    );
+    assert!(vmm.virtio_thread.is_none(), "the device thread was joined");
+    assert!(vmm.virtio.is_empty());
+    assert!(!sock.exists(), "the vsock socket is removed");
+    let again = crate::virtio::block::Block::open(&v.disks[0]);
+    assert!(again.is_ok(), "the image's lock went with the VM");
+}
