@@ -28,6 +28,8 @@ pub enum ExitReason {
     VcpuError(String),
     /// The VMM was asked to stop (SIGINT/SIGTERM).
     Signal(i32),
+    /// The VMM failed while the guest ran (the line says how).
+    Failed(String),
     /// The VMM itself stopped the guest (tear-down after an error, or a
     /// controller's request).
     Stopped,
@@ -38,7 +40,7 @@ impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::PowerOff | ExitReason::I8042Reset | ExitReason::Stopped => exit_code::OK,
-            ExitReason::VcpuError(_) => exit_code::VMM,
+            ExitReason::VcpuError(_) | ExitReason::Failed(_) => exit_code::VMM,
             ExitReason::GuestReset | ExitReason::TripleFault => exit_code::GUEST_RESET,
             ExitReason::Signal(s) => exit_code::SIGNAL_BASE + s,
         }
@@ -55,6 +57,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::VcpuError(e) => write!(f, "vCPU error: {e}"),
             ExitReason::Signal(s) => write!(f, "stopped by signal {s}"),
             ExitReason::Stopped => write!(f, "the VMM stopped the guest"),
+            ExitReason::Failed(e) => write!(f, "error: {e}"),
         }
     }
 }

@@ -269,6 +269,7 @@ impl Controller {
             ExitReason::GuestReset => "reboot",
             ExitReason::TripleFault => "triple-fault",
             ExitReason::VcpuError(_) => "vcpu-error",
+            ExitReason::Failed(_) => "failed",
             ExitReason::Signal(_) | ExitReason::Stopped => "stopped",
         };
         self.events

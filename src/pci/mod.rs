@@ -34,6 +34,8 @@ pub mod regs {
     pub const HEADER_TYPE_MULTIFUNCTION: u8 = 0x80;
     /// Command bit: memory space decode.
     pub const COMMAND_MEMORY: u16 = 1 << 1;
+    /// Command bit: bus master (the device may DMA and send MSIs).
+    pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
     /// Capability ID: MSI.
     pub const CAP_ID_MSI: u8 = 0x05;
     /// Capability ID: MSI-X.

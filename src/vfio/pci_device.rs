@@ -12,6 +12,7 @@ use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 
 use super::bar_map::{BarMap, BarMapError, Trapped};
 use super::config_space::{cfg_u32, scan_capabilities, ConfigSpace, ConfigWrite};
+use super::dma_gate::DmaGate;
 use super::vectors::{VectorError, Vectors};
 use super::{RegionInfo, VfioBackend};
 use crate::interrupts::MsiRouter;
@@ -97,6 +98,8 @@ pub struct VfioPciDevice {
     // must be gone before the device file closes.
     bars: BarMap,
     dev: Arc<dyn VfioBackend>,
+    /// Bus Master Enable waits here until guest RAM is mapped for DMA.
+    dma: Option<Arc<DmaGate>>,
     quiesced: bool,
 }
 
@@ -140,6 +143,7 @@ impl VfioPciDevice {
             vectors,
             bars: bar_map,
             dev,
+            dma: None,
             quiesced: false,
         })
     }
@@ -148,6 +152,13 @@ impl VfioPciDevice {
     #[cfg(test)]
     pub fn bars(&self) -> &[BarInfo] {
         self.bars.bars()
+    }
+
+    /// Holds the guest's Bus Master Enable until `gate` opens (guest RAM
+    /// mapped for DMA on a background thread).
+    pub fn with_dma_gate(mut self, gate: Arc<DmaGate>) -> Self {
+        self.dma = Some(gate);
+        self
     }
 
     /// Disables interrupts and resets the function (at shutdown). Idempotent.
@@ -178,6 +189,17 @@ impl PciDevice for VfioPciDevice {
             && self.vectors.write_config(reg, offset, data, &*self.dev)
         {
             return ConfigWriteResult::default();
+        }
+        let bus_master = reg * 4 + offset == regs::COMMAND
+            && data
+                .first()
+                .is_some_and(|c| u16::from(*c) & regs::COMMAND_BUS_MASTER != 0);
+        if let (true, Some(gate)) = (bus_master, &self.dma) {
+            // No DMA, and no interrupt, before guest RAM is mapped for it.
+            if let Err(e) = gate.wait() {
+                log::error!("{}: bus mastering stays off: {e}", self.name);
+                return ConfigWriteResult::default();
+            }
         }
         match self.config.write(reg, offset, data, &*self.dev) {
             ConfigWrite::Done => ConfigWriteResult::default(),

@@ -237,3 +237,34 @@ fn a_moved_bar_takes_its_mappings_and_traps_along() {
     assert_eq!(mapper.slots.lock().unwrap()[0], (W32, 0x4000));
     assert_eq!(dev.lock().unwrap().trapped_ranges()[0].addr, new);
 }
+
+#[test]
+fn bus_master_waits_for_the_dma_mapping() {
+    let Fixture { dev, mock, .. } = fixture();
+    let exit = Arc::new(crate::exit::ExitSignal::new().unwrap());
+    let gate = crate::vfio::dma_gate::DmaGate::new(exit);
+    let mut dev = dev.with_dma_gate(gate.clone());
+    // Memory decoding alone does not wait.
+    let _ = dev.write_config(1, 0, &regs::COMMAND_MEMORY.to_le_bytes());
+    assert_eq!(mock.log.lock().unwrap().config_writes.len(), 1);
+    let writer = std::thread::spawn(move || {
+        let bme = regs::COMMAND_MEMORY | regs::COMMAND_BUS_MASTER;
+        let _ = dev.write_config(1, 0, &bme.to_le_bytes());
+        dev
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!writer.is_finished(), "the vCPU waits for the mapping");
+    assert_eq!(
+        mock.log.lock().unwrap().config_writes.len(),
+        1,
+        "the device saw nothing yet"
+    );
+    gate.open(Ok(()));
+    let _dev = writer.join().unwrap();
+    let l = mock.log.lock().unwrap();
+    assert_eq!(
+        l.config_writes.last(),
+        Some(&(4, vec![6, 0])),
+        "then bus mastering reaches the device"
+    );
+}

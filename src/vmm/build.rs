@@ -17,6 +17,7 @@ use crate::devices::bus::{Buses, SharedDevice};
 use crate::devices::ged::Ged;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialConsole, Unbuffered};
+use crate::exit::ExitReason;
 use crate::exit::ExitSignal;
 use crate::host::backend::Backend;
 use crate::host::console_socket::{self, ConsoleSocket};
@@ -29,6 +30,7 @@ use crate::pci::root::{PciEcam, PciRoot};
 use crate::sync::lock;
 use crate::vcpu::{Vcpu, VcpuControl};
 use crate::vfio::container::{Container, DmaSpace};
+use crate::vfio::dma_gate::DmaGate;
 use crate::vfio::iommufd::IommufdSpace;
 use crate::vfio::pci_device::{VfioPciDevice, VfioProbe};
 use crate::vfio::VfioBackend;
@@ -73,6 +75,9 @@ impl Vmm {
             virtio: Vec::new(),
             virtio_thread: None,
             slots: Vec::new(),
+            backend: None,
+            dma_gate: None,
+            dma_thread: None,
             router: None,
             bars: None,
             container: None,
@@ -208,6 +213,7 @@ impl Vmm {
             Backend::Group => Box::new(Container::new(&self.vm)?),
             Backend::Iommufd => Box::new(IommufdSpace::new(&self.vm, cfg.preopened.iommufd)?),
         };
+        self.backend = Some(space.backend());
         let space = self.container.insert(space);
         let mut opened = Vec::new();
         for d in &checked.devices {
@@ -244,7 +250,12 @@ impl Vmm {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| VmmError::BarSpace(name.to_string(), e))?;
         let mut root = lock(&root);
-        let dev = VfioPciDevice::new(name, backend, probe, placed, router, root.space().mapper())?;
+        let gate = self
+            .dma_gate
+            .get_or_insert_with(|| DmaGate::new(self.exit.clone()))
+            .clone();
+        let dev = VfioPciDevice::new(name, backend, probe, placed, router, root.space().mapper())?
+            .with_dma_gate(gate);
         let dev = Arc::new(Mutex::new(dev));
         self.vfio.push(dev.clone());
         let slot = root.add_device(dev)?;
@@ -255,16 +266,37 @@ impl Vmm {
 
     /// Pins guest RAM and maps it for device DMA (IOVA = guest physical).
     pub(super) fn map_dma(&mut self) -> Result<(), VmmError> {
-        let Some(c) = self.container.as_mut() else {
+        let Some(mut space) = self.container.take() else {
             return Ok(());
         };
-        let t = std::time::Instant::now();
-        c.map_guest_memory(&self.mem)?;
-        log::info!(
-            "guest RAM ({} MiB) pinned and mapped for device DMA in {} ms",
-            self.memory >> 20,
-            t.elapsed().as_millis()
-        );
+        let gate = self
+            .dma_gate
+            .get_or_insert_with(|| DmaGate::new(self.exit.clone()))
+            .clone();
+        let (mem, exit, mib) = (self.mem.clone(), self.exit.clone(), self.memory >> 20);
+        let pin = move || {
+            let t = std::time::Instant::now();
+            let r = space.map_guest_memory(&mem);
+            let s = t.elapsed().as_secs_f64();
+            match &r {
+                Ok(()) => log::info!(
+                    "guest RAM ({mib} MiB) pinned and mapped for device DMA in {} ms ({:.2} GiB/s), while the vCPUs ran",
+                    (s * 1000.0) as u64,
+                    mib as f64 / 1024.0 / s.max(1e-6)
+                ),
+                Err(e) => {
+                    let line = crate::error::error_chain(e);
+                    exit.request(ExitReason::Failed(line));
+                }
+            }
+            gate.open(r.map_err(|e| crate::error::error_chain(&e)));
+            space
+        };
+        let thread = std::thread::Builder::new()
+            .name("dma-map".into())
+            .spawn(pin)
+            .map_err(|e| VmmError::Os("cannot start the DMA mapping thread", e))?;
+        self.dma_thread = Some(thread);
         Ok(())
     }
 

@@ -125,9 +125,15 @@ pub struct Vmm {
     virtio: Vec<Arc<Mutex<crate::virtio::pci::VirtioPciDevice>>>,
     virtio_thread: Option<crate::virtio::thread::DeviceThread>,
     slots: Vec<(String, u8)>,
+    /// The VFIO backend's name, once devices are open.
+    backend: Option<&'static str>,
     router: Option<Arc<KvmMsiRouter>>,
     bars: Option<BarAllocator>,
     container: Option<Box<dyn DmaSpace>>,
+    /// Closed until guest RAM is mapped for DMA; devices' Bus Master Enable waits on it.
+    dma_gate: Option<Arc<crate::vfio::dma_gate::DmaGate>>,
+    /// The thread mapping guest RAM; it hands the DMA space back when done.
+    dma_thread: Option<std::thread::JoinHandle<Box<dyn DmaSpace>>>,
     root: Option<Arc<Mutex<PciRoot>>>,
     buses: Arc<Buses>,
     exit: Arc<ExitSignal>,
@@ -245,7 +251,7 @@ impl Vmm {
 
     /// How the devices reach the IOMMU (`vfio-group` or `iommufd`), if there are devices.
     pub fn backend(&self) -> Option<&'static str> {
-        self.container.as_ref().map(|c| c.backend())
+        self.backend
     }
 
     /// vCPU exits so far, by kind.
@@ -281,6 +287,14 @@ impl Vmm {
         self.console_socket = None;
         if self.stop_virtio() {
             step("virtio stopped");
+        }
+        // The mapping runs to its end (pins cannot be cancelled half-way),
+        // then the DMA space comes back for the unmap.
+        if let Some(t) = self.dma_thread.take() {
+            match t.join() {
+                Ok(space) => self.container = Some(space),
+                Err(_) => log::error!("the DMA mapping thread panicked"),
+            }
         }
         for d in &self.vfio {
             lock(d).quiesce();
