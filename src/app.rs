@@ -42,6 +42,7 @@ fn run(args: RunArgs, env: &[(String, String)]) -> Result<ExitReason, Error> {
         devices: &cfg.devices,
         memory: cfg.memory,
         allow_unsafe_interrupts: cfg.allow_unsafe_interrupts,
+        hugepages: cfg.hugepages,
     };
     let devices = preflight::preflight(&HostPaths::default(), &req)?;
     Ok(vmm::run(&cfg, &devices)?)
@@ -53,6 +54,7 @@ fn check(args: CheckArgs, env: &[(String, String)]) -> Result<i32, Error> {
         devices: &devices,
         memory: args.memory,
         allow_unsafe_interrupts: args.allow_unsafe_interrupts,
+        hugepages: args.hugepages,
     };
     Ok(preflight::report(
         &HostPaths::default(),

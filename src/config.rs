@@ -34,14 +34,15 @@ pub enum ConfigError {
     /// A size does not fit in 64 bits.
     #[error("size {0:?} is too large")]
     SizeTooLarge(String),
-    /// The config file could not be read.
+    /// The config file could not be read (missing, not a regular file,
+    /// over the size cap, not text).
     #[error("cannot read config file {path}: check the --config path")]
     ReadFile {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: crate::bounded::ReadError,
     },
     /// The config file's JSON is malformed or has an unknown field.
     #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts")]
@@ -180,12 +181,15 @@ fn de_memory<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
 }
 
 impl FileConfig {
-    /// Reads and parses a JSON config file.
+    /// Reads and parses a JSON config file: a regular file of at most
+    /// [`crate::bounded::CONFIG_MAX`] bytes.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        use crate::bounded::{read_text, Kind, CONFIG_MAX};
+        let text =
+            read_text(path, CONFIG_MAX, Kind::Regular).map_err(|source| ConfigError::ReadFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
         serde_json::from_str(&text).map_err(|source| ConfigError::JsonFile {
             path: path.to_path_buf(),
             source,

@@ -138,6 +138,20 @@ impl Drop for SignalHandlers {
     }
 }
 
+/// Moves a SIGINT/SIGTERM caught by the handlers into `exit` as the stop
+/// reason (unless another reason came first); returns the signal when a
+/// signal is why the VM stops.
+pub fn poll_signal(exit: &ExitSignal) -> Option<i32> {
+    let sig = CAUGHT_SIGNAL.swap(0, Ordering::SeqCst);
+    if sig != 0 {
+        exit.request(ExitReason::Signal(sig));
+    }
+    match exit.reason() {
+        Some(ExitReason::Signal(s)) => Some(s),
+        _ => None,
+    }
+}
+
 /// Blocks until a stop is requested (by a device, a vCPU or a signal);
 /// returns the reason.
 pub fn wait(exit: &ExitSignal) -> ExitReason {
@@ -150,10 +164,7 @@ pub fn wait(exit: &ExitSignal) -> ExitReason {
         // SAFETY: `pfd` is a valid pollfd array of length 1.
         unsafe { libc::poll(&mut pfd, 1, -1) };
         let _ = exit.eventfd().read();
-        let sig = CAUGHT_SIGNAL.swap(0, Ordering::SeqCst);
-        if sig != 0 {
-            exit.request(ExitReason::Signal(sig));
-        }
+        poll_signal(exit);
         if let Some(reason) = exit.reason() {
             return reason;
         }

@@ -3,7 +3,6 @@
 //! and KubeVirt's downward-API `network-info` file.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -35,14 +34,15 @@ pub enum IntakeError {
         #[source]
         source: PciAddrError,
     },
-    /// The network-info file could not be read.
+    /// The network-info file could not be read (missing, not a regular
+    /// file, over the size cap, not text).
     #[error("cannot read network-info file {path}: check --network-info or the pod's downward-API volume")]
     ReadNetworkInfo {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: crate::bounded::ReadError,
     },
     /// The network-info document is not valid JSON.
     #[error("network-info is not valid JSON: expected {{\"interfaces\": [...]}} or {{\"<network>\": \"<pci address>\"}}")]
@@ -198,11 +198,15 @@ pub fn devices_from_network_info(json: &str) -> Result<Vec<(String, Bdf)>, Intak
     }
 }
 
-/// Reads and parses a network-info file (see [`devices_from_network_info`]).
+/// Reads and parses a network-info file (see [`devices_from_network_info`]):
+/// a regular file of at most [`crate::bounded::NETWORK_INFO_MAX`] bytes.
 pub fn devices_from_network_info_file(path: &Path) -> Result<Vec<(String, Bdf)>, IntakeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| IntakeError::ReadNetworkInfo {
-        path: path.to_path_buf(),
-        source,
+    use crate::bounded::{read_text, Kind, NETWORK_INFO_MAX};
+    let text = read_text(path, NETWORK_INFO_MAX, Kind::Regular).map_err(|source| {
+        IntakeError::ReadNetworkInfo {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     devices_from_network_info(&text)
 }

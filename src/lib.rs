@@ -10,6 +10,7 @@
 
 mod app;
 mod arch;
+mod bounded;
 mod cli;
 mod config;
 mod devices;

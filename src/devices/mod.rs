@@ -2,5 +2,6 @@
 
 pub mod acpi_pm;
 pub mod bus;
+pub mod console_output;
 pub mod i8042;
 pub mod serial;

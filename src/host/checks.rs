@@ -1,6 +1,7 @@
 //! The host checks, each on its own: is a device bound to vfio-pci in a
 //! viable, IOMMU-backed group with its `/dev/vfio` node, is `/dev/kvm`
-//! usable, is RLIMIT_MEMLOCK high enough, and does the IOMMU remap
+//! usable, can the host provide guest RAM (available memory or free huge
+//! pages), is RLIMIT_MEMLOCK high enough, and does the IOMMU remap
 //! interrupts. [`super::preflight`] runs them in one order for `run` and
 //! `check`. All paths are rooted at [`HostPaths`] so tests can use a fake
 //! sysfs tree.
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::bdf::Bdf;
+use crate::bounded::{read_text, Kind, ReadError, PROCFS_MAX, SYSFS_MAX};
 use crate::config::format_size;
 
 /// The driver a passed-through device must be bound to.
@@ -22,6 +24,10 @@ const GROUP_SAFE_DRIVERS: [&str; 3] = [VFIO_PCI, "pci-stub", "pcieport"];
 const CAP_IPC_LOCK: u32 = 14;
 /// The vfio_iommu_type1 module parameter that permits missing interrupt remapping.
 const UNSAFE_IRQ_PARAM: &str = "module/vfio_iommu_type1/parameters/allow_unsafe_interrupts";
+/// Free 2 MiB huge pages (the size `--hugepages` backs guest RAM with).
+const FREE_HUGEPAGES_2M: &str = "kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+/// One 2 MiB huge page.
+const HUGEPAGE_2M: u64 = 2 << 20;
 
 /// Roots of the host file systems the checks read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +91,14 @@ pub enum HostError {
     /// No such device in sysfs.
     #[error("PCI device {0} not found: check the address with `lspci -D`")]
     DeviceNotFound(Bdf),
+    /// An SR-IOV physical function (not bound to vfio-pci) was named.
+    #[error("PCI device {bdf} is an SR-IOV physical function: pass one of its VFs instead ({}), bound to vfio-pci", vf_hint(.bdf, .vfs))]
+    PhysicalFunction {
+        /// The PF.
+        bdf: Bdf,
+        /// Its VFs, in VF order.
+        vfs: Vec<String>,
+    },
     /// The device is not bound to vfio-pci.
     #[error("{}", not_bound_msg(.bdf, .driver.as_deref()))]
     NotBoundToVfio {
@@ -143,6 +157,23 @@ pub enum HostError {
         /// Bytes needed.
         need: u64,
     },
+    /// Guest RAM (in 4 KiB pages) is more than the host has available; VFIO
+    /// would pin it until the OOM killer ends the run.
+    #[error("guest memory is {} MiB but the host has only {} MiB available (MemAvailable): VFIO pins all of guest RAM, so give the guest less --memory or free host memory", .need >> 20, .available >> 20)]
+    MemoryShort {
+        /// Bytes of guest RAM.
+        need: u64,
+        /// MemAvailable in bytes.
+        available: u64,
+    },
+    /// Not enough free 2 MiB huge pages for guest RAM.
+    #[error("guest memory is {} MiB but only {free} 2 MiB huge pages are free: reserve {} more (echo <total> > /proc/sys/vm/nr_hugepages) or give the guest less --memory", .need >> 20, .need.div_ceil(HUGEPAGE_2M).saturating_sub(*.free))]
+    HugePagesShort {
+        /// Bytes of guest RAM.
+        need: u64,
+        /// Free 2 MiB huge pages.
+        free: u64,
+    },
     /// getrlimit failed.
     #[error("cannot read RLIMIT_MEMLOCK")]
     Memlock(#[source] io::Error),
@@ -152,15 +183,25 @@ pub enum HostError {
         /// Whether vfio_iommu_type1 allow_unsafe_interrupts is set on the host.
         module_param: bool,
     },
-    /// A sysfs entry could not be read.
+    /// A sysfs or procfs entry could not be read.
     #[error("cannot read {}", .path.display())]
     Sysfs {
         /// The path.
         path: PathBuf,
-        /// The I/O error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: ReadError,
     },
+}
+
+fn vf_hint(pf: &Bdf, vfs: &[String]) -> String {
+    if vfs.is_empty() {
+        format!(
+            "it has none yet: create them with `echo 1 > /sys/bus/pci/devices/{pf}/sriov_numvfs`"
+        )
+    } else {
+        vfs.join(", ")
+    }
 }
 
 fn not_bound_msg(bdf: &Bdf, driver: Option<&str>) -> String {
@@ -191,6 +232,39 @@ fn no_remap_msg(module_param: bool) -> &'static str {
     }
 }
 
+/// A sysfs attribute as text (capped), if it can be read.
+fn sys_text(path: &Path) -> Option<String> {
+    read_text(path, SYSFS_MAX, Kind::Pseudo).ok()
+}
+
+/// The VFs of `sysfs` (its `virtfnN` links, in N order) if it is an
+/// SR-IOV physical function, `None` otherwise.
+fn sriov_vfs(sysfs: &Path) -> Option<Vec<String>> {
+    let total: u32 = sys_text(&sysfs.join("sriov_totalvfs"))?
+        .trim()
+        .parse()
+        .ok()?;
+    if total == 0 {
+        return None;
+    }
+    let mut vfs: Vec<(u32, String)> = fs::read_dir(sysfs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("virtfn")?
+                .parse()
+                .ok()?;
+            Some((n, link_name(&e.path())?))
+        })
+        .collect();
+    vfs.sort();
+    Some(vfs.into_iter().map(|(_, bdf)| bdf).collect())
+}
+
 /// The last component of a symlink's target, e.g. the driver name.
 fn link_name(link: &Path) -> Option<String> {
     let target = fs::read_link(link).ok()?;
@@ -206,6 +280,11 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
     }
     let driver = link_name(&sysfs.join("driver"));
     if driver.as_deref() != Some(VFIO_PCI) {
+        // A PF bound to vfio-pci may be passed through whole; one that is
+        // not was most likely named instead of one of its VFs.
+        if let Some(vfs) = sriov_vfs(&sysfs) {
+            return Err(HostError::PhysicalFunction { bdf, vfs });
+        }
         return Err(HostError::NotBoundToVfio { bdf, driver });
     }
     let group_link = sysfs.join("iommu_group");
@@ -214,7 +293,7 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
         .ok_or(HostError::NoIommuGroup(bdf))?;
 
     let group_dir = p.sys.join("kernel/iommu_groups").join(group.to_string());
-    let name = fs::read_to_string(group_dir.join("name")).unwrap_or_default();
+    let name = sys_text(&group_dir.join("name")).unwrap_or_default();
     if name.contains("vfio-noiommu") || p.dev.join(format!("vfio/noiommu-{group}")).exists() {
         return Err(HostError::NoIommuMode { bdf, group });
     }
@@ -225,9 +304,9 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
     }
     let mut others = Vec::new();
     let entries = fs::read_dir(&members).and_then(|dir| dir.collect::<Result<Vec<_>, _>>());
-    let entries = entries.map_err(|source| HostError::Sysfs {
+    let entries = entries.map_err(|e| HostError::Sysfs {
         path: members,
-        source,
+        source: ReadError::Io(e),
     })?;
     for entry in entries {
         match link_name(&entry.path().join("driver")) {
@@ -301,7 +380,7 @@ pub fn check_memlock(guest_memory: u64) -> Result<(), HostError> {
     } else {
         rl.rlim_cur
     };
-    let cap_ipc_lock = fs::read_to_string("/proc/self/status")
+    let cap_ipc_lock = read_text(Path::new("/proc/self/status"), PROCFS_MAX, Kind::Pseudo)
         .ok()
         .and_then(|s| parse_cap_eff(&s))
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0);
@@ -312,6 +391,49 @@ pub fn check_memlock(guest_memory: u64) -> Result<(), HostError> {
             limit,
             need: guest_memory,
         })
+    }
+}
+
+/// A `/proc/meminfo` field in bytes (the file gives kB).
+fn meminfo_bytes(meminfo: &str, field: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let kb: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Checks that the host can provide `guest_memory` bytes of guest RAM:
+/// free 2 MiB huge pages with `hugepages`, otherwise MemAvailable (VFIO
+/// pins every 4 KiB page, so RAM the host does not have ends in the OOM
+/// killer, not in an error). A kernel without MemAvailable passes.
+pub fn check_host_memory(
+    p: &HostPaths,
+    guest_memory: u64,
+    hugepages: bool,
+) -> Result<(), HostError> {
+    if hugepages {
+        // No such file: this host has no 2 MiB huge pages at all.
+        let free: u64 = sys_text(&p.sys.join(FREE_HUGEPAGES_2M))
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        if free.saturating_mul(HUGEPAGE_2M) < guest_memory {
+            return Err(HostError::HugePagesShort {
+                need: guest_memory,
+                free,
+            });
+        }
+        return Ok(());
+    }
+    let path = p.proc.join("meminfo");
+    let meminfo = read_text(&path, PROCFS_MAX, Kind::Pseudo)
+        .map_err(|source| HostError::Sysfs { path, source })?;
+    match meminfo_bytes(&meminfo, "MemAvailable") {
+        Some(available) if available < guest_memory => Err(HostError::MemoryShort {
+            need: guest_memory,
+            available,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -328,17 +450,15 @@ pub fn interrupt_remapping(p: &HostPaths) -> IrqRemap {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| {
-            fs::read_to_string(e.path().join("chip_name")).is_ok_and(|n| is_ir_chip(n.trim()))
-        });
+        .any(|e| sys_text(&e.path().join("chip_name")).is_some_and(|n| is_ir_chip(n.trim())));
     let in_proc = || {
-        fs::read_to_string(p.proc.join("interrupts"))
+        read_text(&p.proc.join("interrupts"), PROCFS_MAX, Kind::Pseudo)
             .is_ok_and(|s| s.split_whitespace().any(is_ir_chip))
     };
     if in_sys || in_proc() {
         return IrqRemap::Enabled;
     }
-    let param = fs::read_to_string(p.sys.join(UNSAFE_IRQ_PARAM)).unwrap_or_default();
+    let param = sys_text(&p.sys.join(UNSAFE_IRQ_PARAM)).unwrap_or_default();
     match param.trim() {
         "Y" | "y" | "1" => IrqRemap::UnsafeAllowed,
         _ => IrqRemap::Missing,

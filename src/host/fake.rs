@@ -30,6 +30,12 @@ pub fn fake() -> Fake {
     let p = HostPaths { sys, dev, proc };
     fs::write(p.dev.join("kvm"), "").unwrap();
     fs::write(p.dev.join("vfio/vfio"), "").unwrap();
+    // 16 GiB available.
+    fs::write(
+        p.proc.join("meminfo"),
+        "MemTotal:       32768000 kB\nMemFree:         1000000 kB\nMemAvailable:   16777216 kB\n",
+    )
+    .unwrap();
     Fake { _dir: dir, p }
 }
 

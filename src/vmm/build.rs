@@ -14,8 +14,9 @@ use crate::arch::x86_64::{acpi, boot};
 use crate::config::VmConfig;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::{Buses, SharedDevice};
+use crate::devices::console_output::ConsoleOutput;
 use crate::devices::i8042::I8042;
-use crate::devices::serial::{SerialConsole, Unbuffered};
+use crate::devices::serial::SerialConsole;
 use crate::exit::ExitSignal;
 use crate::host::checks::HostDevice;
 use crate::interrupts::KvmMsiRouter;
@@ -36,7 +37,7 @@ fn eventfd() -> Result<EventFd, VmmError> {
 
 impl Vmm {
     /// KVM, the VM with its irqchip and PIT, and guest RAM in its memory slots.
-    pub(super) fn create_vm(cfg: &VmConfig) -> Result<Self, VmmError> {
+    pub(super) fn create_vm(cfg: &VmConfig, exit: Arc<ExitSignal>) -> Result<Self, VmmError> {
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         let vm = Arc::new(vm::create_vm(&kvm)?);
         let guest = GuestLayout::new(cfg.memory);
@@ -50,8 +51,6 @@ impl Vmm {
         // One mapper for the VM: it hands out the memory slot numbers.
         let mapper = Arc::new(KvmGuestMapper::new(vm.clone()));
         mapper.register_ram(&mem)?;
-        let exit =
-            Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
         Ok(Vmm {
             state: VmState::Created,
             cpus: cfg.cpus,
@@ -62,7 +61,7 @@ impl Vmm {
             running: None,
             control: VcpuControl::new(exit.clone()),
             terminal: None,
-            signals: None,
+            console: None,
             serial: None,
             vfio: Vec::new(),
             router: None,
@@ -105,13 +104,16 @@ impl Vmm {
             .map_err(VmmError::Bus)
     }
 
-    /// COM1 (console on stdout), the i8042 reset port and the ACPI PM register.
+    /// COM1 (console on stdout, through a bounded buffer), the i8042 reset port and the ACPI PM register.
     pub(super) fn attach_legacy_devices(&mut self) -> Result<(), VmmError> {
         let serial_irq = eventfd()?;
         self.vm
             .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
             .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
-        let out = Box::new(Unbuffered(std::io::stdout()));
+        let console = ConsoleOutput::stdout()
+            .map_err(|e| VmmError::Os("cannot start the console output thread", e))?;
+        let out = Box::new(console.writer());
+        self.console = Some(console);
         let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
         self.add_pio(layout::SERIAL_PORT, layout::SERIAL_PORT_LEN, serial.clone())?;
         self.serial = Some(serial);

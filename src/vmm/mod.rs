@@ -19,6 +19,7 @@ use crate::arch::x86_64::boot::BootEntry;
 use crate::arch::x86_64::layout::GuestLayout;
 use crate::config::VmConfig;
 use crate::devices::bus::Buses;
+use crate::devices::console_output::ConsoleOutput;
 use crate::devices::serial::SerialConsole;
 use crate::exit::{self, ExitReason, ExitSignal, SignalHandlers};
 use crate::host::checks::HostDevice;
@@ -77,6 +78,10 @@ pub enum VmmError {
     /// Eventfd/thread/OS plumbing.
     #[error("{0}")]
     Os(&'static str, #[source] std::io::Error),
+    /// SIGINT/SIGTERM arrived while the VM was being built; what was built
+    /// is torn down.
+    #[error("stopped by signal {0} while the VM was being built")]
+    Interrupted(i32),
 }
 
 /// Where the VM is in its life.
@@ -104,7 +109,8 @@ pub struct Vmm {
     running: Option<VcpuSet>,
     control: Arc<VcpuControl>,
     terminal: Option<RawTerminal>,
-    signals: Option<SignalHandlers>,
+    /// Guest console output: the bounded buffer and its writer thread.
+    console: Option<ConsoleOutput>,
     serial: Option<Arc<Mutex<SerialConsole>>>,
     vfio: Vec<Arc<Mutex<VfioPciDevice>>>,
     router: Option<Arc<KvmMsiRouter>>,
@@ -127,18 +133,38 @@ pub struct Vmm {
 
 impl Vmm {
     /// Builds the VM described by `cfg` with the checked `devices`: memory,
-    /// kernel and firmware tables, legacy devices, PCI and VFIO, DMA map, vCPUs.
-    pub fn new(cfg: &VmConfig, devices: &[HostDevice]) -> Result<Self, VmmError> {
+    /// kernel and firmware tables, legacy devices, PCI and VFIO, DMA map,
+    /// vCPUs. `exit` is the stop request the signal handlers already wake;
+    /// a signal caught during the build stops it between two steps
+    /// ([`VmmError::Interrupted`]) and what was built is torn down.
+    pub fn new(
+        cfg: &VmConfig,
+        devices: &[HostDevice],
+        exit: Arc<ExitSignal>,
+    ) -> Result<Self, VmmError> {
         let started = Instant::now();
-        let mut vmm = Vmm::create_vm(cfg)?;
+        let mut vmm = Vmm::create_vm(cfg, exit)?;
+        vmm.interrupted()?;
         vmm.load_kernel(cfg)?;
+        vmm.interrupted()?;
         vmm.attach_legacy_devices()?;
         vmm.attach_pci()?;
         vmm.attach_vfio_devices(devices)?;
+        vmm.interrupted()?;
         vmm.map_dma()?;
+        vmm.interrupted()?;
         vmm.create_vcpus(cfg)?;
+        vmm.interrupted()?;
         log::info!("VM built in {} ms", started.elapsed().as_millis());
         Ok(vmm)
+    }
+
+    /// Fails with [`VmmError::Interrupted`] once a signal asked for a stop.
+    fn interrupted(&self) -> Result<(), VmmError> {
+        match exit::poll_signal(&self.exit) {
+            Some(sig) => Err(VmmError::Interrupted(sig)),
+            None => Ok(()),
+        }
     }
 
     /// The VM's state.
@@ -165,10 +191,6 @@ impl Vmm {
             return Err(VmmError::State(self.state, "boot"));
         }
         vcpu::install_kick_handler()?;
-        self.signals = Some(
-            SignalHandlers::install(&self.exit)
-                .map_err(|e| VmmError::Os("cannot install signal handlers", e))?,
-        );
         let term = RawTerminal::enter();
         let raw = term.is_raw();
         self.terminal = Some(term);
@@ -253,6 +275,9 @@ impl Vmm {
             log::info!("guest ran for {:.3} s", t.elapsed().as_secs_f64());
         }
         self.terminal = None;
+        // Whatever the guest printed gets a moment to reach the sink; the
+        // number of bytes dropped is logged.
+        self.console = None;
         for d in &self.vfio {
             lock(d).quiesce();
         }
@@ -274,7 +299,6 @@ impl Vmm {
         if self.container.take().is_some() {
             step("groups closed");
         }
-        self.signals = None;
         self.state = VmState::Stopped;
     }
 
@@ -295,9 +319,19 @@ impl Drop for Vmm {
 }
 
 /// Boots the VM described by `cfg` with the checked `devices`, waits for it
-/// to stop, tears it down, and returns why it stopped.
+/// to stop, tears it down, and returns why it stopped. SIGINT and SIGTERM
+/// are handled from before the first build step, so a signal at any point
+/// gets the same ordered tear-down and exit code.
 pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmError> {
-    let mut vmm = Vmm::new(cfg, devices)?;
+    let exit =
+        Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
+    // Dropped last (declared first): the handlers wake `exit` while it lives.
+    let _signals = SignalHandlers::install(&exit)
+        .map_err(|e| VmmError::Os("cannot install signal handlers", e))?;
+    let mut vmm = match Vmm::new(cfg, devices, exit) {
+        Err(VmmError::Interrupted(sig)) => return Ok(ExitReason::Signal(sig)),
+        built => built?,
+    };
     vmm.boot()?;
     let reason = vmm.wait();
     log::debug!("stop requested: {reason:?}");

@@ -44,7 +44,8 @@ fn spinning_vm(dir: &tempfile::TempDir) -> Option<(Vmm, Arc<MockVfio>)> {
     let mut cfg = VmConfig::new(kernel);
     cfg.memory = 64 << 20;
     cfg.cpus = 2;
-    let mut vmm = Vmm::create_vm(&cfg).unwrap();
+    let exit = Arc::new(ExitSignal::new().unwrap());
+    let mut vmm = Vmm::create_vm(&cfg, exit).unwrap();
     vmm.load_kernel(&cfg).unwrap();
     vmm.attach_legacy_devices().unwrap();
     vmm.attach_pci().unwrap();
