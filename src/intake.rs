@@ -34,6 +34,28 @@ pub enum IntakeError {
         #[source]
         source: PciAddrError,
     },
+    /// A device variable is set but lists no address: the pod asked for a
+    /// device and did not get one.
+    #[error("{0} is set but lists no PCI address: the pod did not get the device it asked for; check the device plugin's allocation (or unset the variable)")]
+    EmptyDeviceVar(String),
+    /// A `PCIDEVICE_*_INFO` value is neither the device plugin's JSON
+    /// object nor an address list.
+    #[error("{var} is bad _INFO JSON ({found}): the device plugin sets it to a JSON object like {{\"0000:03:02.1\": {{...}}}}")]
+    InfoJson {
+        /// The variable name.
+        var: String,
+        /// What it holds instead.
+        found: &'static str,
+    },
+    /// A problem in a network-info file.
+    #[error("network-info file {path}")]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// The problem.
+        #[source]
+        source: Box<IntakeError>,
+    },
     /// The network-info file could not be read (missing, not a regular
     /// file, over the size cap, not text).
     #[error("cannot read network-info file {path}: check --network-info or the pod's downward-API volume")]
@@ -87,9 +109,10 @@ pub fn process_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Splits a comma-separated address list, tolerating spaces and empty items.
+/// Splits a comma-separated address list, tolerating spaces and empty
+/// items; a list with no address at all is an error.
 fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
-    value
+    let list = value
         .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
@@ -100,7 +123,25 @@ fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
                 source,
             })
         })
-        .collect()
+        .collect::<Result<Vec<Bdf>, _>>()?;
+    if list.is_empty() {
+        return Err(IntakeError::EmptyDeviceVar(var.to_string()));
+    }
+    Ok(list)
+}
+
+/// What a `_INFO` value that is not an object holds, for the message.
+fn json_kind(value: &str) -> &'static str {
+    match serde_json::from_str::<Value>(value) {
+        Ok(Value::Array(_)) => "an array",
+        Ok(Value::String(_)) => "a string",
+        Ok(Value::Number(_)) => "a number",
+        Ok(Value::Bool(_)) => "a boolean",
+        Ok(Value::Null) => "null",
+        Ok(Value::Object(_)) => "an object",
+        Err(_) if value.trim().is_empty() => "empty",
+        Err(_) => "not JSON",
+    }
 }
 
 /// Reads device addresses from `PCIDEVICE_<PREFIX>_<RESOURCE>` (SR-IOV
@@ -110,7 +151,10 @@ fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
 /// `PCIDEVICE_*_INFO` variables whose value is a JSON object are not
 /// address lists and are skipped: they name the VFIO group node the device
 /// plugin mounted, which is always `/dev/vfio/<group>` (the node vfio-ioctls
-/// opens), and pre-flight checks that node. Other variables are ignored.
+/// opens), and pre-flight checks that node. An `_INFO` value that is
+/// neither an object nor an address list (a resource may be called "info")
+/// is bad `_INFO` JSON. A device variable that is set but lists no address
+/// is an error: the pod asked for a device. Other variables are ignored.
 pub fn devices_from_env<I: IntoIterator<Item = (String, String)>>(
     vars: I,
 ) -> Result<EnvDevices, IntakeError> {
@@ -123,10 +167,18 @@ pub fn devices_from_env<I: IntoIterator<Item = (String, String)>>(
     let mut devices: Vec<EnvDevice> = Vec::new();
     for (name, value) in &vars {
         // A resource may itself be called "info"; only JSON values are info.
-        if name.ends_with(INFO_SUFFIX) && value.trim_start().starts_with('{') {
-            continue;
-        }
-        for bdf in parse_list(name, value)? {
+        let list = if name.ends_with(INFO_SUFFIX) {
+            if value.trim_start().starts_with('{') {
+                continue;
+            }
+            parse_list(name, value).map_err(|_| IntakeError::InfoJson {
+                var: name.clone(),
+                found: json_kind(value),
+            })?
+        } else {
+            parse_list(name, value)?
+        };
+        for bdf in list {
             if !devices.iter().any(|d| d.bdf == bdf) {
                 devices.push(EnvDevice {
                     bdf,
@@ -166,19 +218,26 @@ pub fn devices_from_network_info(json: &str) -> Result<Vec<(String, Bdf)>, Intak
     match map.get("interfaces") {
         Some(Value::Array(interfaces)) => {
             let mut out = Vec::new();
-            for iface in interfaces {
-                let info = iface.get("deviceInfo");
-                let kind = info.and_then(|i| i.get("type")).and_then(Value::as_str);
-                if kind.is_some_and(|k| k != "pci") {
+            for (n, iface) in interfaces.iter().enumerate() {
+                let network = iface.get("network").and_then(Value::as_str).unwrap_or("");
+                let Some(info) = iface.get("deviceInfo") else {
+                    continue; // the pod network, or another non-device interface
+                };
+                let kind = info.get("type");
+                if kind.is_some_and(|k| k != "pci") || (kind.is_none() && info.get("pci").is_none())
+                {
                     continue;
                 }
-                let addr = info
-                    .and_then(|i| i.get("pci"))
-                    .and_then(|p| p.get("pci-address"))
-                    .and_then(Value::as_str);
-                if let Some(addr) = addr {
-                    let network = iface.get("network").and_then(Value::as_str).unwrap_or("");
-                    out.push(parse(network, addr)?);
+                // A PCI interface must carry its address: one without would
+                // boot the VM without its NIC.
+                let addr = info.get("pci").and_then(|p| p.get("pci-address"));
+                match addr.and_then(Value::as_str) {
+                    Some(addr) => out.push(parse(network, addr)?),
+                    None => {
+                        return Err(IntakeError::NetworkInfoShape(format!(
+                            "interface {n} (network {network:?}) is a PCI device without a \"pci-address\" string"
+                        )))
+                    }
                 }
             }
             Ok(out)
@@ -208,7 +267,10 @@ pub fn devices_from_network_info_file(path: &Path) -> Result<Vec<(String, Bdf)>,
             source,
         }
     })?;
-    devices_from_network_info(&text)
+    devices_from_network_info(&text).map_err(|e| IntakeError::InFile {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]
@@ -237,7 +299,6 @@ mod tests {
             ("PCI_RESOURCE_NVIDIA_COM_GPU", "0000:65:00.0"),
             ("MDEV_PCI_RESOURCE_X", "not-an-address"),
             ("KUBEVIRT_RESOURCE_NAME_net1", "intel.com/sriov"),
-            ("PCIDEVICE_EMPTY", ""),
         ]))
         .unwrap();
         assert_eq!(
@@ -371,5 +432,82 @@ mod tests {
             devices_from_network_info_file(&dir.path().join("missing")),
             Err(IntakeError::ReadNetworkInfo { .. })
         ));
+    }
+
+    #[test]
+    fn a_device_variable_without_an_address_is_an_error() {
+        for (var, value) in [
+            ("PCIDEVICE_INTEL_COM_SRIOV", ""),
+            ("PCIDEVICE_INTEL_COM_SRIOV", " , "),
+            ("PCI_RESOURCE_NVIDIA_COM_GPU", " "),
+        ] {
+            let err = devices_from_env(vars(&[("PCIDEVICE_A", "0000:03:02.1"), (var, value)]))
+                .unwrap_err();
+            assert!(
+                matches!(&err, IntakeError::EmptyDeviceVar(v) if v == var),
+                "{value:?}: {err:?}"
+            );
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_info_value_that_is_not_an_object_is_bad_info_json() {
+        for (value, found) in [
+            ("[\"0000:3b:02.6\"]", "an array"),
+            ("\"0000:3b:02.6\"", "a string"),
+            ("null", "null"),
+            ("", "empty"),
+            ("vfio", "not JSON"),
+        ] {
+            let err = devices_from_env(vars(&[("PCIDEVICE_INTEL_COM_A_INFO", value)])).unwrap_err();
+            assert!(
+                matches!(&err, IntakeError::InfoJson { var, found: f } if var == "PCIDEVICE_INTEL_COM_A_INFO" && *f == found),
+                "{value:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("bad _INFO JSON"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_pci_interface_without_an_address_string_is_an_error() {
+        for pci in [
+            r#"{"pci-address": 5}"#,
+            r#"{"pci-address": null}"#,
+            r#"{}"#,
+            r#"7"#,
+        ] {
+            let json = format!(
+                r#"{{"interfaces":[{{"network":"sriov","deviceInfo":{{"type":"pci","pci":{pci}}}}}]}}"#
+            );
+            let err = devices_from_network_info(&json).unwrap_err();
+            assert!(
+                matches!(&err, IntakeError::NetworkInfoShape(m) if m.contains("\"sriov\"")),
+                "{pci}: {err:?}"
+            );
+        }
+        // Without a type, a "pci" member still makes it a PCI interface.
+        let err = devices_from_network_info(
+            r#"{"interfaces":[{"network":"x","deviceInfo":{"pci":{"pci-address":1}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, IntakeError::NetworkInfoShape(_)));
+        // The file's error names the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("network-info");
+        std::fs::write(
+            &path,
+            r#"{"interfaces":[{"network":"n","deviceInfo":{"type":"pci","pci":{"pci-address":5}}}]}"#,
+        )
+        .unwrap();
+        let err = devices_from_network_info_file(&path).unwrap_err();
+        let msg = crate::error::error_chain(&err);
+        assert!(
+            msg.starts_with(&format!(
+                "network-info file {}: network-info has an unexpected shape",
+                path.display()
+            )),
+            "{msg}"
+        );
     }
 }

@@ -91,6 +91,8 @@ pub struct MockMapper {
     pub slots: Mutex<Vec<(u64, u64)>>,
     /// (slot, new guest address) per move.
     pub moves: Mutex<Vec<(u32, u64)>>,
+    /// Guest addresses a slot may not move to (KVM refusing, e.g. EEXIST).
+    pub refuse: Mutex<Vec<u64>>,
 }
 
 impl GuestMapper for MockMapper {
@@ -101,6 +103,10 @@ impl GuestMapper for MockMapper {
     }
 
     fn move_memory(&self, slot: u32, gpa: u64, len: u64, _host: u64) -> Result<(), VmError> {
+        if self.refuse.lock().unwrap().contains(&gpa) {
+            let e = kvm_ioctls::Error::new(libc::EEXIST);
+            return Err(VmError::Kvm("set a memory slot", e));
+        }
         self.slots.lock().unwrap()[slot as usize] = (gpa, len);
         self.moves.lock().unwrap().push((slot, gpa));
         Ok(())

@@ -233,13 +233,30 @@ impl BarMap {
     }
 
     /// Moves the memory slots of BAR `mv.bar` to `mv.to`; the BAR then
-    /// answers there (the caller moves the traps).
+    /// answers there (the caller moves the traps). All or nothing: when a
+    /// slot cannot move, the slots already moved go back and the BAR stays.
     pub fn move_bar(&mut self, mv: &BarMove, mapper: &dyn GuestMapper) -> Result<(), VmError> {
         let Some(i) = self.bars.iter().position(|b| b.index == mv.bar) else {
             return Ok(());
         };
-        for a in self.areas.iter().filter(|a| a.bar == mv.bar) {
-            mapper.move_memory(a.slot, mv.to + a.offset, a.len, a.host)?;
+        let from = self.bars[i].addr;
+        let areas: Vec<&MappedArea> = self.areas.iter().filter(|a| a.bar == mv.bar).collect();
+        for (n, a) in areas.iter().enumerate() {
+            if let Err(e) = mapper.move_memory(a.slot, mv.to + a.offset, a.len, a.host) {
+                for b in &areas[..n] {
+                    if let Err(e) = mapper.move_memory(b.slot, from + b.offset, b.len, b.host) {
+                        log::error!(
+                            "{}: BAR{} +{:#x} could not go back to {:#x}: {}",
+                            self.name,
+                            mv.bar,
+                            b.offset,
+                            from + b.offset,
+                            crate::error::error_chain(&e)
+                        );
+                    }
+                }
+                return Err(e);
+            }
         }
         self.bars[i].addr = mv.to;
         log::debug!("{}: BAR{} slots now at {:#x}", self.name, mv.bar, mv.to);

@@ -82,6 +82,30 @@ fn a_move_takes_the_slots_along() {
 }
 
 #[test]
+fn a_refused_move_leaves_every_slot_where_it_was() {
+    let m = MockMapper::default();
+    let mut map = igbvf_map(&m);
+    let (old, new) = (W32 + 0x4000, W32 + 0x10_0000);
+    // The first of BAR3's two slots moves, the second is refused.
+    m.refuse.lock().unwrap().push(new + 0x3000);
+    let mv = BarMove {
+        bar: 3,
+        from: old,
+        to: new,
+        size: 0x4000,
+    };
+    assert!(map.move_bar(&mv, &m).is_err());
+    assert_eq!(
+        m.slots.lock().unwrap()[1..],
+        [(old + 0x1000, 0x1000), (old + 0x3000, 0x1000)],
+        "the slot that moved went back"
+    );
+    assert_eq!(map.bars()[1].addr, old);
+    assert_eq!(map.trapped_ranges()[0].addr, old);
+    assert_eq!(map.classify(old + 8), Some(Trapped::MsixTable(8)));
+}
+
+#[test]
 fn mmap_plan_respects_sparse_areas_and_old_kernels() {
     let bar = BarInfo {
         prefetchable: false,

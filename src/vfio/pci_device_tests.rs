@@ -237,3 +237,59 @@ fn a_moved_bar_takes_its_mappings_and_traps_along() {
     assert_eq!(mapper.slots.lock().unwrap()[0], (W32, 0x4000));
     assert_eq!(dev.lock().unwrap().trapped_ranges()[0].addr, new);
 }
+
+/// Moves BAR3 of the device on `root` to `new` with decoding on.
+fn move_bar3(root: &Mutex<PciRoot>, new: u64) {
+    ecam32(root, 4, 0);
+    ecam32(root, 0x1c, new as u32);
+    ecam32(root, 0x20, 0);
+    ecam32(root, 4, u32::from(regs::COMMAND_MEMORY));
+}
+
+#[test]
+fn a_move_kvm_refuses_keeps_the_old_mapping_and_traps() {
+    let (root, bus, mapper, dev) = on_a_root(fixture());
+    let (old, new) = (W32 + 0x4000, W32 + 0x10_0000);
+    let slots = mapper.slots.lock().unwrap().clone();
+    mapper.refuse.lock().unwrap().push(new + 0x3000);
+    move_bar3(&root, new);
+    assert_eq!(*mapper.slots.lock().unwrap(), slots, "every slot back");
+    assert_eq!(
+        trap_bases(&bus, &[old, old + 0x2000, new, new + 0x2000]),
+        vec![old, old + 0x2000],
+        "the traps stay at the old place"
+    );
+    assert_eq!(dev.lock().unwrap().trapped_ranges()[0].addr, old);
+    assert!(
+        bus.write(old + 8, &0x4056u32.to_le_bytes()),
+        "the table answers"
+    );
+}
+
+#[test]
+fn a_move_onto_another_device_keeps_the_old_mapping_and_traps() {
+    struct Other;
+    impl crate::devices::bus::BusDevice for Other {
+        fn read(&mut self, _: u64, d: &mut [u8]) {
+            d.fill(0x77);
+        }
+        fn write(&mut self, _: u64, _: &[u8]) {}
+    }
+    let (root, bus, mapper, dev) = on_a_root(fixture());
+    let (old, new) = (W32 + 0x4000, W32 + 0x10_0000);
+    // Something already answers where the PBA page would go: the table
+    // trap goes in, the PBA trap is refused, both must come out again.
+    bus.insert(new + 0x2000, 0x1000, Arc::new(Mutex::new(Other)))
+        .unwrap();
+    let slots = mapper.slots.lock().unwrap().clone();
+    move_bar3(&root, new);
+    assert_eq!(*mapper.slots.lock().unwrap(), slots, "the slots went back");
+    assert_eq!(
+        trap_bases(&bus, &[old, old + 0x2000, new]),
+        vec![old, old + 0x2000]
+    );
+    let mut b = [0u8; 4];
+    assert!(bus.read(new + 0x2000, &mut b));
+    assert_eq!(b, [0x77; 4], "the other device keeps its range");
+    assert_eq!(dev.lock().unwrap().trapped_ranges()[0].addr, old);
+}
