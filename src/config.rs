@@ -92,9 +92,14 @@ pub enum ConfigError {
     /// The kernel command line is too long.
     #[error("kernel command line is {0} bytes: keep it under {MAX_CMDLINE_LEN}")]
     CmdlineTooLong(usize),
-    /// The kernel command line contains a NUL byte.
-    #[error("kernel command line contains a NUL byte: remove it")]
-    CmdlineNul,
+    /// The kernel command line has a character the boot protocol cannot carry.
+    #[error("kernel command line has the character {ch:?} at byte {at}: use printable ASCII only, with parameters separated by spaces")]
+    CmdlineChar {
+        /// The character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+    },
 }
 
 /// Formats a byte count for messages: "512 MiB", "1 GiB", or "1234 bytes".
@@ -254,8 +259,16 @@ impl VmConfig {
         if self.cmdline.len() >= MAX_CMDLINE_LEN {
             return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
         }
-        if self.cmdline.contains('\0') {
-            return Err(ConfigError::CmdlineNul);
+        // What the loader takes: leading and trailing white space is
+        // trimmed, the rest must be printable ASCII.
+        let lead = self.cmdline.len() - self.cmdline.trim_start().len();
+        if let Some((i, ch)) = self
+            .cmdline
+            .trim()
+            .char_indices()
+            .find(|&(_, c)| !matches!(c, ' '..='~'))
+        {
+            return Err(ConfigError::CmdlineChar { ch, at: lead + i });
         }
         Ok(())
     }
@@ -476,7 +489,20 @@ mod tests {
         ));
         assert!(matches!(
             check(&|c| c.cmdline = "a\0b".into()),
-            ConfigError::CmdlineNul
+            ConfigError::CmdlineChar { ch: '\0', at: 1 }
         ));
+        let err = check(&|c| c.cmdline = " console=ttyS0\tquiet".into());
+        assert!(
+            matches!(err, ConfigError::CmdlineChar { ch: '\t', at: 14 }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("printable ASCII"), "{err}");
+        assert!(matches!(
+            check(&|c| c.cmdline = "root=/dev/vda é".into()),
+            ConfigError::CmdlineChar { ch: 'é', .. }
+        ));
+        let mut ok = base.clone();
+        ok.cmdline = "console=ttyS0 quiet\n".into();
+        ok.validate().unwrap();
     }
 }

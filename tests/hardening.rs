@@ -167,3 +167,28 @@ fn unbounded_inputs_are_refused_with_one_line() {
         assert!(start.elapsed() < Duration::from_secs(5), "{args:?}");
     }
 }
+
+#[test]
+fn a_control_character_in_the_command_line_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(dir.path(), "k", b"not a kernel");
+    let out = run_vflaunch(
+        &[
+            "run",
+            "--kernel",
+            &kernel,
+            "--no-devices-from-env",
+            "--cmdline",
+            "console=ttyS0\u{7}",
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'\\u{7}' at byte 13: use printable ASCII only"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

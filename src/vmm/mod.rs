@@ -27,7 +27,7 @@ use crate::host::terminal::{self, RawTerminal};
 use crate::interrupts::KvmMsiRouter;
 use crate::pci::bar::BarAllocator;
 use crate::pci::root::PciRoot;
-use crate::sync::lock;
+use crate::sync::{lock, lock_within};
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
 use crate::vfio::container::Container;
 use crate::vfio::pci_device::VfioPciDevice;
@@ -83,6 +83,9 @@ pub enum VmmError {
     #[error("stopped by signal {0} while the VM was being built")]
     Interrupted(i32),
 }
+
+/// How long tear-down waits for a device lock before going on without it.
+const DEVICE_LOCK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the VM is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,7 +282,13 @@ impl Vmm {
         // number of bytes dropped is logged.
         self.console = None;
         for d in &self.vfio {
-            lock(d).quiesce();
+            // A vCPU thread left behind by `stop` may hold the device.
+            match lock_within(d, DEVICE_LOCK_DEADLINE) {
+                Some(mut d) => d.quiesce(),
+                None => log::error!(
+                    "a passed-through device is held by a vCPU that did not stop: not quiesced here (vfio-pci resets it when its group closes)"
+                ),
+            }
         }
         step("devices quiesced");
         if let Some(c) = self.container.as_mut() {
