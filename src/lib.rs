@@ -22,12 +22,20 @@ mod interrupts;
 mod memory;
 mod pci;
 mod sync;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 mod testing;
 mod vcpu;
 mod vfio;
 mod vm;
 mod vmm;
+
+/// Harnesses for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`):
+/// each takes the fuzzer's bytes, drives one guest-facing surface or one
+/// parser of outside input against the mock backend, and panics when an
+/// invariant breaks. Not an API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use app::execute;
 pub use cli::Cli;

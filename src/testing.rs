@@ -1,5 +1,7 @@
-//! Test doubles shared by the unit tests: an interrupt router, a guest
-//! mapper and a VFIO device shaped like an igbvf VF, plus the skip report.
+//! Test doubles shared by the unit tests and the fuzz harnesses: an
+//! interrupt router, a guest mapper and a VFIO device shaped like an igbvf
+//! VF, plus the skip report.
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -150,6 +152,14 @@ pub fn put(cfg: &mut [u8], off: usize, bytes: &[u8]) {
 }
 
 impl MockVfio {
+    /// A mock with the igbvf mock's regions and `cfg` as configuration space.
+    pub fn with_config(cfg: [u8; 4096]) -> Arc<Self> {
+        Arc::new(MockVfio {
+            cfg: Mutex::new(cfg),
+            log: Mutex::new(VfioLog::default()),
+        })
+    }
+
     /// The igbvf-shaped mock.
     pub fn igbvf() -> Arc<Self> {
         let mut c = [0u8; 4096];

@@ -180,7 +180,7 @@ impl BarMap {
     }
 
     /// The BARs at their current guest addresses.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn bars(&self) -> &[BarInfo] {
         &self.bars
     }

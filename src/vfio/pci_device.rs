@@ -145,7 +145,7 @@ impl VfioPciDevice {
     }
 
     /// The BARs at their current guest addresses.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn bars(&self) -> &[BarInfo] {
         self.bars.bars()
     }
