@@ -86,7 +86,8 @@ impl MsiRouter for MockRouter {
     }
 }
 
-/// Records the memory slots a device asks for.
+/// Records the memory slots a device asks for; like KVM, refuses a slot
+/// that overlaps another one.
 #[derive(Default)]
 pub struct MockMapper {
     /// (guest address, length) per slot.
@@ -100,12 +101,23 @@ pub struct MockMapper {
 impl GuestMapper for MockMapper {
     fn map_memory(&self, gpa: u64, len: u64, _host: u64) -> Result<u32, VmError> {
         let mut s = self.slots.lock().unwrap();
+        if s.iter().any(|&(g, l)| gpa < g + l && g < gpa + len) {
+            let e = kvm_ioctls::Error::new(libc::EEXIST);
+            return Err(VmError::Kvm("set a memory slot", e));
+        }
         s.push((gpa, len));
         Ok(s.len() as u32 - 1)
     }
 
     fn move_memory(&self, slot: u32, gpa: u64, len: u64, _host: u64) -> Result<(), VmError> {
-        if self.refuse.lock().unwrap().contains(&gpa) {
+        let overlaps = self
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .any(|(i, &(g, l))| i != slot as usize && gpa < g + l && g < gpa + len);
+        if overlaps || self.refuse.lock().unwrap().contains(&gpa) {
             let e = kvm_ioctls::Error::new(libc::EEXIST);
             return Err(VmError::Kvm("set a memory slot", e));
         }

@@ -1,4 +1,4 @@
-//! Fuzz harnesses (see `fuzz/README.md`). Each public function takes the
+//! Fuzz harnesses (README.md, "Fuzzing"; targets in `fuzz/`). Each public function takes the
 //! fuzzer's bytes, drives one surface and panics when an invariant breaks,
 //! so a fuzzer reports broken invariants as crashes, not only panics:
 //!
