@@ -77,10 +77,17 @@ pub struct ConsoleOutput {
 
 impl ConsoleOutput {
     /// Output to this process's stdout (a duplicate of fd 1, written
-    /// unbuffered and without Rust's stdout lock).
+    /// unbuffered and without Rust's stdout lock); with no stdout (fd 1
+    /// closed), output is discarded.
     pub fn stdout() -> std::io::Result<Self> {
-        let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
-        Self::new(Box::new(std::fs::File::from(fd)), CONSOLE_BUFFER_BYTES)
+        let sink: Box<dyn Write + Send> = match std::io::stdout().as_fd().try_clone_to_owned() {
+            Ok(fd) => Box::new(std::fs::File::from(fd)),
+            Err(e) => {
+                log::warn!("console: no stdout ({e}); guest output is discarded");
+                Box::new(std::io::sink())
+            }
+        };
+        Self::new(sink, CONSOLE_BUFFER_BYTES)
     }
 
     /// Output to `sink`, buffering at most `capacity` bytes.

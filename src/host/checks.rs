@@ -92,10 +92,12 @@ pub enum HostError {
     #[error("PCI device {0} not found: check the address with `lspci -D`")]
     DeviceNotFound(Bdf),
     /// An SR-IOV physical function (not bound to vfio-pci) was named.
-    #[error("PCI device {bdf} is an SR-IOV physical function: pass one of its VFs instead ({}), bound to vfio-pci", vf_hint(.bdf, .vfs))]
+    #[error("PCI device {bdf} is an SR-IOV physical function{}: pass one of its VFs instead ({}), bound to vfio-pci", .driver.as_deref().map(|d| format!(" bound to {d}")).unwrap_or_default(), vf_hint(.bdf, .vfs))]
     PhysicalFunction {
         /// The PF.
         bdf: Bdf,
+        /// Its driver, if any.
+        driver: Option<String>,
         /// Its VFs, in VF order.
         vfs: Vec<String>,
     },
@@ -283,7 +285,7 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
         // A PF bound to vfio-pci may be passed through whole; one that is
         // not was most likely named instead of one of its VFs.
         if let Some(vfs) = sriov_vfs(&sysfs) {
-            return Err(HostError::PhysicalFunction { bdf, vfs });
+            return Err(HostError::PhysicalFunction { bdf, driver, vfs });
         }
         return Err(HostError::NotBoundToVfio { bdf, driver });
     }

@@ -225,7 +225,7 @@ fn a_pf_named_as_a_device_points_at_its_vfs() {
     let msg = f.err("0000:03:00.0").to_string();
     assert!(
         msg.contains(
-            "SR-IOV physical function: pass one of its VFs instead (0000:03:10.0, 0000:03:10.2)"
+            "SR-IOV physical function bound to igb: pass one of its VFs instead (0000:03:10.0, 0000:03:10.2), bound to vfio-pci"
         ),
         "{msg}"
     );
