@@ -216,6 +216,25 @@ impl BarMap {
         Some(Trapped::Device(bar.index as u32, off))
     }
 
+    /// What a trapped access of `len` bytes at `addr` hits. An access to the
+    /// device's registers that runs into the MSI-X table or PBA (or out of
+    /// the BAR) hits nothing: the device never sees table bytes.
+    pub fn classify_access(&self, addr: u64, len: usize) -> Option<Trapped> {
+        let first = self.classify(addr)?;
+        if let Trapped::Device(region, off) = first {
+            let span = len.saturating_sub(1) as u64;
+            let last = self.classify(addr.checked_add(span)?);
+            if last != Some(Trapped::Device(region, off + span)) {
+                log::debug!(
+                    "{}: dropped a {len}-byte access at {addr:#x} across the MSI-X table",
+                    self.name
+                );
+                return None;
+            }
+        }
+        Some(first)
+    }
+
     /// The BARs whose programmed address (in `shadow`) differs from where they are.
     pub fn proposed_moves(&self, shadow: &BarShadow) -> Vec<BarMove> {
         self.bars

@@ -106,6 +106,40 @@ fn a_refused_move_leaves_every_slot_where_it_was() {
 }
 
 #[test]
+fn an_access_running_into_the_msix_table_never_reaches_the_device() {
+    // The table at BAR3+0x800, in the middle of its trapped page.
+    let mock = MockVfio::igbvf();
+    let regions: Vec<RegionInfo> = (0..6).map(|i| mock.region(i)).collect();
+    let bars = vec![bar(0, W32), bar(3, W32 + 0x4000)];
+    let cap = MsixCap::parse(0x70, 2, 0x803, 0x2003);
+    let m = MockMapper::default();
+    let map = BarMap::new("vf", bars, &regions, Some(cap), &*mock, &m).unwrap();
+    let bar3 = W32 + 0x4000;
+    assert_eq!(
+        map.classify_access(bar3 + 0x7f8, 8),
+        Some(Trapped::Device(3, 0x7f8))
+    );
+    assert_eq!(
+        map.classify_access(bar3 + 0x7fc, 8),
+        None,
+        "runs into the table"
+    );
+    assert_eq!(
+        map.classify_access(bar3 + 0x7fc, 4),
+        Some(Trapped::Device(3, 0x7fc))
+    );
+    assert_eq!(
+        map.classify_access(bar3 + 0x800, 8),
+        Some(Trapped::MsixTable(0))
+    );
+    assert_eq!(
+        map.classify_access(bar3 + 0x1ffc, 8),
+        None,
+        "runs out of the trap"
+    );
+}
+
+#[test]
 fn mmap_plan_respects_sparse_areas_and_old_kernels() {
     let bar = BarInfo {
         prefetchable: false,
