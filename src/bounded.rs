@@ -1,5 +1,6 @@
 //! Reading the small text files vflaunch takes from outside — the JSON
-//! config, KubeVirt's network-info, sysfs and procfs attributes — with a
+//! config, KubeVirt's network-info, API request bodies given by path
+//! (`vflaunch api ... @FILE`), sysfs and procfs attributes — with a
 //! size cap, so that `/dev/zero`, a FIFO or a runaway file ends in an error
 //! instead of eating memory or blocking. Kernels and initramfs images are
 //! not read through this (they are sized by guest RAM).
@@ -15,6 +16,8 @@ use crate::config::format_size;
 pub const CONFIG_MAX: u64 = 1 << 20;
 /// Cap on a network-info file: 1 MiB (a pod has a handful of interfaces).
 pub const NETWORK_INFO_MAX: u64 = 1 << 20;
+/// Cap on an API request body read from a file: 1 MiB.
+pub const BODY_MAX: u64 = 1 << 20;
 /// Cap on one sysfs attribute: 64 KiB (they are at most a page).
 pub const SYSFS_MAX: u64 = 64 << 10;
 /// Cap on a procfs file (`/proc/interrupts` grows with CPUs and IRQs): 16 MiB.

@@ -7,12 +7,16 @@ use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 
 use crate::config::{
-    parse_size, ConfigError, FileConfig, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY, MAX_CPUS,
+    parse_serial, parse_size, ConfigError, FileConfig, SerialMode, VmConfig, DEFAULT_CMDLINE,
+    DEFAULT_MEMORY, MAX_CPUS,
 };
+use crate::events::{parse_target, EventTarget};
+use crate::host::backend::{BackendChoice, Preopened};
 use crate::host::bdf::Bdf;
 use crate::intake::{
     devices_from_env, devices_from_network_info_file, IntakeError, NETWORK_INFO_PATH,
 };
+use std::os::fd::RawFd;
 
 const LONG_ABOUT: &str = "\
 Boot a Linux guest under KVM with PCI devices - typically SR-IOV NIC virtual
@@ -27,20 +31,24 @@ Examples:
   # PCIDEVICE_* / PCI_RESOURCE_* variables and /etc/podinfo/network-info
   vflaunch run --config /etc/vflaunch/vm.json
 
-Run `vflaunch check` first to verify KVM, the IOMMU, vfio-pci binding and memlock.";
+Run `vflaunch doctor` first: it checks the whole SR-IOV host setup, one line each with the
+fix; `vflaunch bind BDF` moves a VF to vfio-pci; `vflaunch check` runs the pre-flight checks
+for one VM.";
 
 /// Printed after `vflaunch run --help`: the console, logging and exit codes.
 const RUN_AFTER_HELP: &str = "\
-The guest's serial console is this terminal (stdin/stdout); Ctrl-A x quits.
-Logs go to stderr: RUST_LOG=info (or debug).
+The guest's serial console is this terminal (stdin/stdout) unless --serial says
+otherwise; Ctrl-A x quits. Logs go to stderr: -v, -vv, or RUST_LOG=info (or debug).
+SIGTERM presses the guest's ACPI power button and waits --shutdown-timeout seconds
+for it to power off; a second SIGTERM, or SIGINT, stops it at once.
 
 Exit codes:
-  0    the guest powered off (or reset through the i8042 controller, reboot=k)
+  0    the guest powered off (also after SIGTERM), or reset through the i8042 controller
   1    the VMM failed (one line on stderr says where)
   2    bad command line or configuration
   3    a host pre-flight check failed (see `vflaunch check`)
   4    the guest rebooted, triple-faulted or panicked (panic=-1)
-  128+N stopped by signal N (Ctrl-A x counts as SIGINT)";
+  128+N stopped hard by signal N (SIGINT, Ctrl-A x, a second SIGTERM, or the timeout)";
 
 /// Errors from turning the command line into a VM configuration.
 #[derive(Debug, Error)]
@@ -54,6 +62,9 @@ pub enum CliError {
     /// The environment or the network-info file has bad device addresses.
     #[error(transparent)]
     Intake(#[from] IntakeError),
+    /// `fd=N` came before any address in `--device`.
+    #[error("--device fd={0} names no device: write it after the address, e.g. --device 0000:03:02.1,fd={0}")]
+    FdWithoutDevice(RawFd),
     /// `--devices-from-env` was given but no device was found there.
     #[error("--devices-from-env found no devices: no PCIDEVICE_*/PCI_RESOURCE_* variable lists an address and no network-info file names one; check the pod's resource requests or pass --device")]
     NoEnvDevices,
@@ -64,9 +75,48 @@ pub enum CliError {
 #[command(name = "vflaunch", version, long_about = LONG_ABOUT)]
 #[command(about = "Boot a Linux guest under KVM with SR-IOV VFs passed through via VFIO")]
 pub struct Cli {
-    /// What to do.
+    /// What to do; with none, `--api-socket` starts an empty VMM that waits for `vm.create`.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// The controls of an API-driven VMM (the launch line of Kata's clh driver).
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+impl Cli {
+    /// The log level `-v` asks for: warn, then info, debug, trace.
+    pub fn log_level(&self) -> &'static str {
+        let v = match &self.command {
+            Some(Command::Run(r)) => r.control.verbose.max(self.control.verbose),
+            _ => self.control.verbose,
+        };
+        ["warn", "info", "debug"]
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or("trace")
+    }
+}
+
+/// How an orchestrator controls the VMM: API socket, events, lifecycle.
+#[derive(Clone, Debug, Args)]
+pub struct ControlArgs {
+    /// Serve Cloud Hypervisor's REST API (HTTP/1.1, /api/v1/) on this unix socket
+    /// (mode 0600; a stale socket is replaced, a live one refused)
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Write lifecycle events as JSON lines: path=PATH or fd=N
+    #[arg(long, value_name = "path=PATH|fd=N", value_parser = parse_target)]
+    pub event_monitor: Option<EventTarget>,
+    /// Seconds the guest gets to power off after SIGTERM presses its power button;
+    /// then (or on a second SIGTERM, or SIGINT) it is stopped hard
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    pub shutdown_timeout: u64,
+    /// More log lines on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Seccomp filtering: true, false or log (accepted for Cloud Hypervisor's launch line)
+    #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
+    pub seccomp: String,
 }
 
 /// The subcommands.
@@ -77,20 +127,82 @@ pub enum Command {
     Run(RunArgs),
     /// Only run the host pre-flight checks; prints one line per check, exits non-zero on failure
     Check(CheckArgs),
+    /// Check the whole SR-IOV host setup, one line per check with the fix; exits 3 if anything failed
+    Doctor(DoctorArgs),
+    /// Move devices to vfio-pci (driver_override, unbind, probe), recording the driver each had
+    Bind(BindArgs),
+    /// Give devices bound with `vflaunch bind` back to the driver they had
+    Unbind(BindArgs),
+    /// Ask a running vflaunch whether its API answers (exit 0 if it does): a readiness probe
+    Ping(PingArgs),
+    /// Send one API request to a running vflaunch and print the answer
+    Api(ApiArgs),
+}
+
+/// Arguments of `vflaunch ping`.
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// The API socket of the running vflaunch
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// Seconds to wait for the answer
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub timeout: u64,
+}
+
+/// Arguments of `vflaunch api`.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The API socket of the running vflaunch
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// GET or PUT
+    #[arg(value_parser = ["GET", "PUT"])]
+    pub method: String,
+    /// The endpoint under /api/v1/, e.g. vm.info or vm.create
+    pub endpoint: String,
+    /// JSON body (for vm.create, vm.add-device); @FILE reads it from a file
+    pub body: Option<String>,
+    /// Seconds to wait for the answer
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Arguments of `vflaunch doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also run every `vflaunch check` check on this device (repeatable, comma-separated)
+    #[arg(long = "device", value_name = "BDF", value_delimiter = ',')]
+    pub devices: Vec<Bdf>,
+    /// Guest memory to check locked memory and huge pages against, same format as `run --memory`
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512M")]
+    pub memory: u64,
+    /// Print one JSON document instead of lines
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `vflaunch bind` and `vflaunch unbind`.
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// PCI devices, DDDD:BB:DD.F or BB:DD.F
+    #[arg(required = true, value_name = "BDF")]
+    pub devices: Vec<Bdf>,
 }
 
 /// Where passed-through devices come from; shared by `run` and `check`.
 #[derive(Clone, Debug, Args)]
 pub struct DeviceArgs {
     /// PCI device to pass through, bound to vfio-pci: DDDD:BB:DD.F or BB:DD.F in hex,
-    /// e.g. 0000:03:02.1. Repeat the flag or give a comma-separated list
+    /// e.g. 0000:03:02.1. Repeat the flag or give a comma-separated list; `BDF,fd=N`
+    /// names the device's vfio cdev already opened by the launcher (iommufd backend)
     #[arg(
         long = "device",
         visible_alias = "vfio",
-        value_name = "BDF",
+        value_name = "BDF[,fd=N]",
         value_delimiter = ','
     )]
-    pub devices: Vec<Bdf>,
+    pub devices: Vec<DeviceToken>,
     /// Also take devices from PCIDEVICE_* / PCI_RESOURCE_* variables and the network-info
     /// file [default: on when no device is given by --device or --config]
     #[arg(long, conflicts_with = "no_devices_from_env")]
@@ -102,6 +214,49 @@ pub struct DeviceArgs {
     /// [default: /etc/podinfo/network-info, if it exists and env intake is on]
     #[arg(long, value_name = "PATH", conflicts_with = "no_devices_from_env")]
     pub network_info: Option<PathBuf>,
+}
+
+/// One comma-separated item of `--device`: an address, or the cdev
+/// descriptor of the address before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceToken {
+    /// A PCI address.
+    Bdf(Bdf),
+    /// `fd=N`.
+    Fd(RawFd),
+}
+
+impl std::str::FromStr for DeviceToken {
+    type Err = crate::host::bdf::PciAddrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("fd=").map(str::parse::<RawFd>) {
+            Some(Ok(fd)) if fd >= 0 => Ok(DeviceToken::Fd(fd)),
+            _ => s.parse().map(DeviceToken::Bdf),
+        }
+    }
+}
+
+/// The addresses given with `--device`, and the descriptors given for them.
+pub type Explicit = (Vec<Bdf>, Vec<(Bdf, RawFd)>);
+
+impl DeviceArgs {
+    /// The addresses given, and the descriptors given for them.
+    pub fn explicit_fds(&self) -> Result<Explicit, CliError> {
+        self.explicit()
+    }
+
+    fn explicit(&self) -> Result<Explicit, CliError> {
+        let (mut bdfs, mut fds) = (Vec::new(), Vec::new());
+        for t in &self.devices {
+            match *t {
+                DeviceToken::Bdf(b) => bdfs.push(b),
+                DeviceToken::Fd(fd) => {
+                    fds.push((*bdfs.last().ok_or(CliError::FdWithoutDevice(fd))?, fd))
+                }
+            }
+        }
+        Ok((bdfs, fds))
+    }
 }
 
 /// Arguments of `vflaunch run`.
@@ -138,6 +293,22 @@ pub struct RunArgs {
     /// arbitrary interrupts); the host also needs vfio_iommu_type1 allow_unsafe_interrupts=1
     #[arg(long)]
     pub allow_unsafe_interrupts: bool,
+    /// Where the guest's serial console goes: tty (this terminal), null (discarded),
+    /// off (no UART), file=PATH, or socket=PATH (a unix socket a console client attaches
+    /// to at any time; output is kept in a bounded buffer meanwhile) [default: tty]
+    #[arg(long, value_name = "MODE", value_parser = parse_serial)]
+    pub serial: Option<SerialMode>,
+    /// The VFIO interface: iommufd with vfio cdevs, the legacy group/container, or auto
+    /// (iommufd when /dev/iommu exists and every device has a cdev) [default: auto]
+    #[arg(long, value_name = "auto|group|iommufd")]
+    pub vfio_backend: Option<BackendChoice>,
+    /// An iommufd (/dev/iommu) already opened by the launcher; with `--device BDF,fd=N`
+    /// vflaunch then needs no access to /dev/iommu or /dev/vfio
+    #[arg(long, value_name = "N")]
+    pub iommufd_fd: Option<RawFd>,
+    /// API socket, events and lifecycle.
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// Arguments of `vflaunch check`.
@@ -156,6 +327,12 @@ pub struct CheckArgs {
     /// Accept a host without interrupt remapping (see `run --allow-unsafe-interrupts`)
     #[arg(long)]
     pub allow_unsafe_interrupts: bool,
+    /// The VFIO interface to check for (see `run --vfio-backend`) [default: auto]
+    #[arg(long, value_name = "auto|group|iommufd")]
+    pub vfio_backend: Option<BackendChoice>,
+    /// An iommufd already opened by the launcher (see `run --iommufd-fd`)
+    #[arg(long, value_name = "N")]
+    pub iommufd_fd: Option<RawFd>,
 }
 
 impl DeviceArgs {
@@ -211,12 +388,12 @@ impl DeviceArgs {
 impl RunArgs {
     /// Merges flags, the `--config` file and defaults into a validated
     /// [`VmConfig`]. `env` is the process environment (`std::env::vars()`).
-    pub fn into_config(self, env: &[(String, String)]) -> Result<VmConfig, CliError> {
-        self.into_config_with(env, Path::new(NETWORK_INFO_PATH))
+    pub fn to_config(&self, env: &[(String, String)]) -> Result<VmConfig, CliError> {
+        self.to_config_with(env, Path::new(NETWORK_INFO_PATH))
     }
 
-    fn into_config_with(
-        self,
+    fn to_config_with(
+        &self,
         env: &[(String, String)],
         default_network_info: &Path,
     ) -> Result<VmConfig, CliError> {
@@ -224,22 +401,25 @@ impl RunArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let kernel = self.kernel.or(file.kernel).ok_or(CliError::NoKernel)?;
-        let given = !self.intake.devices.is_empty() || file.devices.is_some();
-        let explicit = self
-            .intake
-            .devices
-            .iter()
-            .chain(file.devices.iter().flatten())
-            .copied();
+        let kernel = self
+            .kernel
+            .clone()
+            .or(file.kernel)
+            .ok_or(CliError::NoKernel)?;
+        let (flags, fds) = self.intake.explicit()?;
+        let given = !flags.is_empty() || file.devices.is_some();
+        let explicit = flags
+            .into_iter()
+            .chain(file.devices.iter().flatten().copied());
         let devices = self
             .intake
             .collect(explicit, given, env, default_network_info)?;
         let cfg = VmConfig {
             kernel,
-            initramfs: self.initramfs.or(file.initramfs),
+            initramfs: self.initramfs.clone().or(file.initramfs),
             cmdline: self
                 .cmdline
+                .clone()
                 .or(file.cmdline)
                 .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             memory: self.memory.or(file.memory).unwrap_or(DEFAULT_MEMORY),
@@ -248,6 +428,12 @@ impl RunArgs {
             hugepages: self.hugepages || file.hugepages.unwrap_or(false),
             allow_unsafe_interrupts: self.allow_unsafe_interrupts
                 || file.allow_unsafe_interrupts.unwrap_or(false),
+            serial: self.serial.clone().unwrap_or_default(),
+            vfio_backend: self.vfio_backend.or(file.vfio_backend).unwrap_or_default(),
+            preopened: Preopened {
+                iommufd: self.iommufd_fd,
+                devices: fds,
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -266,8 +452,8 @@ impl CheckArgs {
         env: &[(String, String)],
         default_network_info: &Path,
     ) -> Result<Vec<Bdf>, CliError> {
-        let explicit = self.intake.devices.iter().copied();
-        let given = !self.intake.devices.is_empty();
+        let (explicit, _) = self.intake.explicit()?;
+        let given = !explicit.is_empty();
         self.intake
             .collect(explicit, given, env, default_network_info)
     }

@@ -39,13 +39,14 @@ impl Fixture {
     }
     /// `vflaunch run ARGS` → config; the default network-info path is `$D/network-info`.
     fn run(&self, args: &str, env: &[(&str, &str)]) -> Result<VmConfig, CliError> {
-        let Command::Run(run) = self.parse(&format!("run {args}")).unwrap().command else {
+        let Some(Command::Run(run)) = self.parse(&format!("run {args}")).unwrap().command else {
             panic!("not run");
         };
-        run.into_config_with(&env_vec(env), &self.0.path().join("network-info"))
+        run.to_config_with(&env_vec(env), &self.0.path().join("network-info"))
     }
     fn check(&self, args: &str, env: &[(&str, &str)]) -> (CheckArgs, Vec<Bdf>) {
-        let Command::Check(check) = self.parse(&format!("check {args}")).unwrap().command else {
+        let Some(Command::Check(check)) = self.parse(&format!("check {args}")).unwrap().command
+        else {
             panic!("not check");
         };
         let devices = check.devices_with(&env_vec(env), &self.0.path().join("network-info"));
@@ -265,4 +266,60 @@ fn check_args() {
     assert_eq!(devices, bdfs(&["0000:04:00.0"]));
     let (_, devices) = f.check("--device 0000:04:00.0 --devices-from-env", &env);
     assert_eq!(devices, bdfs(&["0000:04:00.0", "0000:03:02.1"]));
+}
+
+#[test]
+fn doctor_bind_and_unbind_arguments() {
+    let f = fixture();
+    let cli = f
+        .parse("doctor --device 02:10.0,0000:02:10.4 --memory 2G --json")
+        .unwrap();
+    let Some(Command::Doctor(args)) = cli.command else {
+        panic!("{cli:?}")
+    };
+    assert_eq!(args.devices, bdfs(&["0000:02:10.0", "0000:02:10.4"]));
+    assert_eq!((args.memory, args.json), (2 << 30, true));
+    let Some(Command::Doctor(args)) = f.parse("doctor").unwrap().command else {
+        panic!()
+    };
+    assert_eq!(
+        (args.devices.len(), args.memory, args.json),
+        (0, 512 << 20, false)
+    );
+    let Some(Command::Bind(args)) = f.parse("bind 02:10.0 02:11.4").unwrap().command else {
+        panic!()
+    };
+    assert_eq!(args.devices, bdfs(&["0000:02:10.0", "0000:02:11.4"]));
+    let Some(Command::Unbind(args)) = f.parse("unbind 0000:02:10.0").unwrap().command else {
+        panic!()
+    };
+    assert_eq!(args.devices, bdfs(&["0000:02:10.0"]));
+    let err = f.parse("bind").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    assert!(f.parse("unbind 02:10.9").is_err());
+}
+
+#[test]
+fn device_fds_and_backend() {
+    let f = fixture();
+    let cfg = f
+        .run("--kernel $D/k --device 0000:03:02.1,fd=7,03:02.2 --iommufd-fd 5 --vfio-backend iommufd", &[])
+        .unwrap();
+    assert_eq!(cfg.devices, bdfs(&["0000:03:02.1", "0000:03:02.2"]));
+    assert_eq!(cfg.preopened.devices, vec![(bdfs(&["0000:03:02.1"])[0], 7)]);
+    assert_eq!(cfg.preopened.iommufd, Some(5));
+    assert_eq!(
+        cfg.vfio_backend,
+        crate::host::backend::BackendChoice::Iommufd
+    );
+    let err = f
+        .run("--kernel $D/k --device fd=7,0000:03:02.1", &[])
+        .unwrap_err();
+    assert!(matches!(err, CliError::FdWithoutDevice(7)), "{err}");
+    let err = f.parse("run --vfio-backend vfio").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    assert_eq!(
+        f.run("--kernel $D/k", &[]).unwrap().vfio_backend,
+        Default::default()
+    );
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::host::backend::{BackendChoice, Preopened};
 use crate::host::bdf::Bdf;
 
 /// Guest memory used when none is given: 512 MiB.
@@ -45,7 +46,7 @@ pub enum ConfigError {
         source: crate::bounded::ReadError,
     },
     /// The config file's JSON is malformed or has an unknown field.
-    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts")]
+    #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts, vfio_backend")]
     JsonFile {
         /// The file.
         path: PathBuf,
@@ -100,6 +101,9 @@ pub enum ConfigError {
         /// Its byte offset.
         at: usize,
     },
+    /// A `--serial` value that is not a mode.
+    #[error("--serial {0:?}: use tty, null, off, file=PATH or socket=PATH")]
+    Serial(String),
 }
 
 /// Formats a byte count for messages: "512 MiB", "1 GiB", or "1234 bytes".
@@ -166,6 +170,8 @@ pub struct FileConfig {
     pub hugepages: Option<bool>,
     /// Run even without host interrupt remapping.
     pub allow_unsafe_interrupts: Option<bool>,
+    /// `auto`, `group` or `iommufd`.
+    pub vfio_backend: Option<BackendChoice>,
 }
 
 /// Deserializes `"memory"` from a size string or a number of MiB.
@@ -202,6 +208,40 @@ impl FileConfig {
     }
 }
 
+/// Where the guest's serial console (COM1) goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialMode {
+    /// This process's stdout, and stdin for input (raw mode on a terminal).
+    #[default]
+    Tty,
+    /// A UART whose output is discarded.
+    Null,
+    /// No UART at all.
+    Off,
+    /// Appended to a file.
+    File(PathBuf),
+    /// A unix socket that a console client attaches to at any time.
+    Socket(PathBuf),
+}
+
+/// Parses `--serial tty|null|off|file=PATH|socket=PATH`.
+pub fn parse_serial(s: &str) -> Result<SerialMode, ConfigError> {
+    match s {
+        "tty" => Ok(SerialMode::Tty),
+        "null" => Ok(SerialMode::Null),
+        "off" => Ok(SerialMode::Off),
+        _ => {
+            let file = s.strip_prefix("file=").filter(|p| !p.is_empty());
+            let socket = s.strip_prefix("socket=").filter(|p| !p.is_empty());
+            match (file, socket) {
+                (Some(p), _) => Ok(SerialMode::File(PathBuf::from(p))),
+                (_, Some(p)) => Ok(SerialMode::Socket(PathBuf::from(p))),
+                _ => Err(ConfigError::Serial(s.to_string())),
+            }
+        }
+    }
+}
+
 /// Everything the VMM needs to boot one guest.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmConfig {
@@ -223,6 +263,12 @@ pub struct VmConfig {
     pub hugepages: bool,
     /// Run even if the host has no interrupt remapping.
     pub allow_unsafe_interrupts: bool,
+    /// Where COM1 goes.
+    pub serial: SerialMode,
+    /// The VFIO interface asked for.
+    pub vfio_backend: BackendChoice,
+    /// Descriptors a launcher opened for the VM.
+    pub preopened: Preopened,
 }
 
 impl VmConfig {
@@ -237,6 +283,9 @@ impl VmConfig {
             devices: Vec::new(),
             hugepages: false,
             allow_unsafe_interrupts: false,
+            serial: SerialMode::Tty,
+            vfio_backend: BackendChoice::Auto,
+            preopened: Preopened::default(),
         }
     }
 
@@ -302,207 +351,5 @@ fn check_image(what: &'static str, path: &Path) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: u64 = 1 << 20;
-
-    fn from_json(s: &str) -> Result<FileConfig, serde_json::Error> {
-        serde_json::from_str(s)
-    }
-
-    #[test]
-    fn parse_size_units() {
-        assert_eq!(parse_size("512M").unwrap(), 512 * MIB);
-        assert_eq!(parse_size("512MiB").unwrap(), 512 * MIB);
-        assert_eq!(parse_size("512mib").unwrap(), 512 * MIB);
-        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
-        assert_eq!(parse_size("2gib").unwrap(), 2 << 30);
-        assert_eq!(parse_size("1048576K").unwrap(), 1 << 30);
-        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
-        assert_eq!(parse_size("4096b").unwrap(), 4096);
-        assert_eq!(parse_size("512").unwrap(), 512 * MIB);
-        assert_eq!(parse_size(" 64 M ").unwrap(), 64 * MIB);
-    }
-
-    #[test]
-    fn parse_size_rejects_garbage() {
-        for bad in ["", "M", "-1M", "1.5G", "2GB", "12X", "0x10M", "1 2M", "+5M"] {
-            assert!(
-                matches!(parse_size(bad), Err(ConfigError::InvalidSize(_))),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn parse_size_is_overflow_safe() {
-        assert!(matches!(
-            parse_size("99999999999999999999999"),
-            Err(ConfigError::SizeTooLarge(_))
-        ));
-        assert!(matches!(
-            parse_size("17179869184T"),
-            Err(ConfigError::SizeTooLarge(_))
-        ));
-        assert_eq!(parse_size("16777215T").unwrap(), 16777215 << 40);
-    }
-
-    #[test]
-    fn format_size_picks_largest_exact_unit() {
-        assert_eq!(format_size(512 * MIB), "512 MiB");
-        assert_eq!(format_size(2 << 30), "2 GiB");
-        assert_eq!(format_size(1536), "1536 bytes");
-        assert_eq!(format_size(0), "0 bytes");
-        assert_eq!(format_size(3 << 10), "3 KiB");
-    }
-
-    #[test]
-    fn file_config_full() {
-        let f = from_json(
-            r#"{"kernel": "/k", "initramfs": "/i", "cmdline": "quiet", "memory": "1G",
-                "cpus": 4, "devices": ["0000:03:02.1", "04:00.0"], "allow_unsafe_interrupts": true}"#,
-        )
-        .unwrap();
-        assert_eq!(f.kernel, Some(PathBuf::from("/k")));
-        assert_eq!(f.initramfs, Some(PathBuf::from("/i")));
-        assert_eq!(f.cmdline.as_deref(), Some("quiet"));
-        assert_eq!(f.memory, Some(1 << 30));
-        assert_eq!(f.cpus, Some(4));
-        let devices = f.devices.unwrap();
-        assert_eq!(devices[1].to_string(), "0000:04:00.0");
-        assert_eq!(f.allow_unsafe_interrupts, Some(true));
-    }
-
-    #[test]
-    fn file_config_memory_number_is_mib_and_fields_optional() {
-        let f = from_json(r#"{"memory": 256}"#).unwrap();
-        assert_eq!(f.memory, Some(256 * MIB));
-        assert!(f.kernel.is_none() && f.devices.is_none() && f.cpus.is_none());
-        let f = from_json("{}").unwrap();
-        assert!(f.memory.is_none());
-    }
-
-    #[test]
-    fn file_config_errors() {
-        let err = from_json(r#"{"kernal": "/k"}"#).unwrap_err();
-        assert!(err.to_string().contains("kernal"), "{err}");
-        for bad in [
-            r#"{"memory": "lots"}"#,
-            r#"{"memory": 18446744073709551615}"#,
-            r#"{"cpus": 300}"#,
-            r#"{"devices": ["0000:03:02.9"]}"#,
-            r#"{"devices": "0000:03:02.1"}"#,
-            "[1,2]",
-            "",
-        ] {
-            assert!(from_json(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn file_config_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vm.json");
-        fs::write(&path, r#"{"cpus": 2}"#).unwrap();
-        assert_eq!(FileConfig::load(&path).unwrap().cpus, Some(2));
-        fs::write(&path, "{oops").unwrap();
-        assert!(matches!(
-            FileConfig::load(&path),
-            Err(ConfigError::JsonFile { .. })
-        ));
-        assert!(matches!(
-            FileConfig::load(&dir.path().join("missing.json")),
-            Err(ConfigError::ReadFile { .. })
-        ));
-    }
-
-    fn valid_config(dir: &Path) -> VmConfig {
-        let kernel = dir.join("bzImage");
-        fs::write(&kernel, b"kernel").unwrap();
-        VmConfig::new(kernel)
-    }
-
-    #[test]
-    fn validate_accepts_defaults_and_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = valid_config(dir.path());
-        cfg.validate().unwrap();
-        cfg.memory = MIN_MEMORY;
-        cfg.cpus = MAX_CPUS;
-        cfg.validate().unwrap();
-        cfg.memory = MAX_MEMORY;
-        cfg.validate().unwrap();
-    }
-
-    #[test]
-    fn validate_checks_images() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = valid_config(dir.path());
-        cfg.initramfs = Some(dir.path().join("nope.img"));
-        assert!(matches!(
-            cfg.validate(),
-            Err(ConfigError::FileMissing {
-                what: "initramfs",
-                ..
-            })
-        ));
-        cfg.initramfs = None;
-        cfg.kernel = dir.path().to_path_buf();
-        assert!(matches!(
-            cfg.validate(),
-            Err(ConfigError::NotAFile { what: "kernel", .. })
-        ));
-        cfg.kernel = dir.path().join("missing");
-        let msg = cfg.validate().unwrap_err().to_string();
-        assert!(
-            msg.starts_with("kernel ") && msg.contains("missing"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn validate_checks_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = valid_config(dir.path());
-        let check = |f: &dyn Fn(&mut VmConfig)| {
-            let mut c = base.clone();
-            f(&mut c);
-            c.validate().unwrap_err()
-        };
-        assert!(matches!(
-            check(&|c| c.memory = 32 * MIB),
-            ConfigError::MemoryOutOfRange(_)
-        ));
-        assert!(matches!(
-            check(&|c| c.memory = MAX_MEMORY + MEMORY_ALIGN),
-            ConfigError::MemoryOutOfRange(_)
-        ));
-        let err = check(&|c| c.memory = 513 * MIB);
-        assert!(matches!(err, ConfigError::MemoryUnaligned(_)));
-        assert!(err.to_string().contains("513 MiB"), "{err}");
-        assert!(matches!(check(&|c| c.cpus = 0), ConfigError::Cpus(0)));
-        assert!(matches!(check(&|c| c.cpus = 33), ConfigError::Cpus(33)));
-        assert!(matches!(
-            check(&|c| c.cmdline = "x".repeat(MAX_CMDLINE_LEN)),
-            ConfigError::CmdlineTooLong(2048)
-        ));
-        assert!(matches!(
-            check(&|c| c.cmdline = "a\0b".into()),
-            ConfigError::CmdlineChar { ch: '\0', at: 1 }
-        ));
-        let err = check(&|c| c.cmdline = " console=ttyS0\tquiet".into());
-        assert!(
-            matches!(err, ConfigError::CmdlineChar { ch: '\t', at: 14 }),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("printable ASCII"), "{err}");
-        assert!(matches!(
-            check(&|c| c.cmdline = "root=/dev/vda é".into()),
-            ConfigError::CmdlineChar { ch: 'é', .. }
-        ));
-        let mut ok = base.clone();
-        ok.cmdline = "console=ttyS0 quiet\n".into();
-        ok.validate().unwrap();
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

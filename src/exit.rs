@@ -115,13 +115,13 @@ extern "C" fn on_terminate(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut li
     }
 }
 
-/// SIGINT and SIGTERM wake `exit`'s waiter while this lives.
+/// SIGINT and SIGTERM are recorded and wake whoever polls `wake` while this lives.
 pub struct SignalHandlers(());
 
 impl SignalHandlers {
-    /// Installs the handlers for `exit` (one VM per process).
-    pub fn install(exit: &ExitSignal) -> std::io::Result<Self> {
-        WAKE_FD.store(exit.eventfd().as_raw_fd(), Ordering::SeqCst);
+    /// Installs the handlers, waking `wake` (an eventfd) on each signal.
+    pub fn install(wake: &EventFd) -> std::io::Result<Self> {
+        WAKE_FD.store(wake.as_raw_fd(), Ordering::SeqCst);
         for sig in [libc::SIGINT, libc::SIGTERM] {
             register_signal_handler(sig, on_terminate)
                 .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
@@ -138,22 +138,16 @@ impl Drop for SignalHandlers {
     }
 }
 
-/// Moves a SIGINT/SIGTERM caught by the handlers into `exit` as the stop
-/// reason (unless another reason came first); returns the signal when a
-/// signal is why the VM stops.
-pub fn poll_signal(exit: &ExitSignal) -> Option<i32> {
-    let sig = CAUGHT_SIGNAL.swap(0, Ordering::SeqCst);
-    if sig != 0 {
-        exit.request(ExitReason::Signal(sig));
-    }
-    match exit.reason() {
-        Some(ExitReason::Signal(s)) => Some(s),
-        _ => None,
+/// The signal caught since the last call, if any.
+pub fn take_signal() -> Option<i32> {
+    match CAUGHT_SIGNAL.swap(0, Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
     }
 }
 
-/// Blocks until a stop is requested (by a device, a vCPU or a signal);
-/// returns the reason.
+/// Blocks until a stop is requested (by a device or a vCPU); returns the reason.
+#[cfg(test)]
 pub fn wait(exit: &ExitSignal) -> ExitReason {
     loop {
         let mut pfd = libc::pollfd {
@@ -164,7 +158,6 @@ pub fn wait(exit: &ExitSignal) -> ExitReason {
         // SAFETY: `pfd` is a valid pollfd array of length 1.
         unsafe { libc::poll(&mut pfd, 1, -1) };
         let _ = exit.eventfd().read();
-        poll_signal(exit);
         if let Some(reason) = exit.reason() {
             return reason;
         }

@@ -8,13 +8,16 @@
 //! mmapped into the guest, MSI-X table trapped, vectors routed through KVM
 //! irqfd), DMA mapping, vCPUs.
 
+mod api;
 mod app;
 mod arch;
 mod bounded;
 mod cli;
 mod config;
+mod control;
 mod devices;
 mod error;
+mod events;
 mod exit;
 mod host;
 mod intake;

@@ -10,7 +10,7 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.log_level()))
         .format_target(false)
         .init();
     std::process::exit(vflaunch::execute(cli));

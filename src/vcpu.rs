@@ -2,6 +2,7 @@
 //! threads (pause, resume, stop). The loop only forwards exits to the
 //! buses; it knows no device.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -157,6 +158,7 @@ impl Vcpu {
                     exit.request(ExitReason::VcpuError(self.internal_error()))
                 }
                 Ok(e) => {
+                    control.exits[exit_kind(&e)].fetch_add(1, Ordering::Relaxed);
                     if let VcpuAction::Stop(reason) = handle_exit(e, buses) {
                         exit.request(reason);
                     }
@@ -202,9 +204,36 @@ impl Vcpu {
     }
 }
 
-/// What the vCPU threads share with the VMM: the stop request and the pause gate.
+/// The exit kinds counted for `vm.counters`.
+const EXIT_KINDS: [&str; 8] = [
+    "io_in",
+    "io_out",
+    "mmio_read",
+    "mmio_write",
+    "hlt",
+    "shutdown",
+    "system_event",
+    "other",
+];
+
+fn exit_kind(e: &VcpuExit<'_>) -> usize {
+    match e {
+        VcpuExit::IoIn(..) => 0,
+        VcpuExit::IoOut(..) => 1,
+        VcpuExit::MmioRead(..) => 2,
+        VcpuExit::MmioWrite(..) => 3,
+        VcpuExit::Hlt => 4,
+        VcpuExit::Shutdown => 5,
+        VcpuExit::SystemEvent(..) => 6,
+        _ => 7,
+    }
+}
+
+/// What the vCPU threads share with the VMM: the stop request, the pause
+/// gate and the exit counters.
 pub struct VcpuControl {
     exit: Arc<ExitSignal>,
+    exits: [AtomicU64; EXIT_KINDS.len()],
     /// (pause wanted, vCPUs parked).
     pause: Mutex<(bool, usize)>,
     cv: Condvar,
@@ -215,9 +244,19 @@ impl VcpuControl {
     pub fn new(exit: Arc<ExitSignal>) -> Arc<Self> {
         Arc::new(VcpuControl {
             exit,
+            exits: Default::default(),
             pause: Mutex::new((false, 0)),
             cv: Condvar::new(),
         })
+    }
+
+    /// vCPU exits so far, by kind, over all vCPUs.
+    pub fn exit_counts(&self) -> Vec<(&'static str, u64)> {
+        EXIT_KINDS
+            .iter()
+            .zip(&self.exits)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     fn park_while_paused(&self) {

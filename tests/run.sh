@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 # shellcheck source=tests/summary.sh
 . tests/summary.sh
+# shellcheck source=tests/tools.sh
+. tests/tools.sh
 
 cargo_log=$(mktemp)
 skip_log=$(mktemp) # fresh and empty: tests append one line per skip
@@ -21,6 +23,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+echo "== test tools (socat, schemathesis)"
+install_test_tools target/tools
 echo "== cargo test"
 status=0
 VFLAUNCH_SKIP_LOG=$skip_log cargo test 2>&1 | tee "$cargo_log" || status=$?

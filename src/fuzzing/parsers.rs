@@ -12,7 +12,7 @@ use clap::Parser;
 use serde_json::Value;
 
 use super::Input;
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, DeviceToken};
 use crate::config::{format_size, parse_size, FileConfig, VmConfig};
 use crate::host::bdf::Bdf;
 use crate::intake::{devices_from_env, devices_from_network_info};
@@ -61,14 +61,22 @@ pub fn cli_values(data: &[u8]) {
                 .chain(s.split('\n').map(str::to_string))
                 .collect::<Vec<_>>();
             if let Ok(cli) = Cli::try_parse_from(args) {
+                let tokens = |d: &[DeviceToken]| {
+                    for t in d {
+                        if let DeviceToken::Bdf(b) = t {
+                            bdf_round_trips(b);
+                        }
+                    }
+                };
                 match cli.command {
-                    Command::Run(r) => {
-                        r.intake.devices.iter().for_each(bdf_round_trips);
+                    Some(Command::Run(r)) => {
+                        tokens(&r.intake.devices);
                         if let Some(m) = r.memory.filter(|m| *m != 0 && m % 1024 == 0) {
                             assert_eq!(parse_size(&format_size(m)).ok(), Some(m));
                         }
                     }
-                    Command::Check(c) => c.intake.devices.iter().for_each(bdf_round_trips),
+                    Some(Command::Check(c)) => tokens(&c.intake.devices),
+                    _ => {}
                 }
             }
         }

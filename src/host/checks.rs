@@ -17,17 +17,16 @@ use crate::bounded::{read_text, Kind, ReadError, PROCFS_MAX, SYSFS_MAX};
 use crate::config::format_size;
 
 /// The driver a passed-through device must be bound to.
-const VFIO_PCI: &str = "vfio-pci";
+pub(crate) const VFIO_PCI: &str = "vfio-pci";
 /// Drivers that may hold other devices of the same IOMMU group.
-const GROUP_SAFE_DRIVERS: [&str; 3] = [VFIO_PCI, "pci-stub", "pcieport"];
+pub(crate) const GROUP_SAFE_DRIVERS: [&str; 3] = [VFIO_PCI, "pci-stub", "pcieport"];
 /// Capability number of CAP_IPC_LOCK.
-const CAP_IPC_LOCK: u32 = 14;
+pub(crate) const CAP_IPC_LOCK: u32 = 14;
 /// The vfio_iommu_type1 module parameter that permits missing interrupt remapping.
-const UNSAFE_IRQ_PARAM: &str = "module/vfio_iommu_type1/parameters/allow_unsafe_interrupts";
-/// Free 2 MiB huge pages (the size `--hugepages` backs guest RAM with).
-const FREE_HUGEPAGES_2M: &str = "kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+pub(crate) const UNSAFE_IRQ_PARAM: &str =
+    "module/vfio_iommu_type1/parameters/allow_unsafe_interrupts";
 /// One 2 MiB huge page.
-const HUGEPAGE_2M: u64 = 2 << 20;
+pub(crate) const HUGEPAGE_2M: u64 = 2 << 20;
 
 /// Roots of the host file systems the checks read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +37,10 @@ pub struct HostPaths {
     pub dev: PathBuf,
     /// procfs, normally `/proc`.
     pub proc: PathBuf,
+    /// Kernel images and their configs (`config-<release>`), normally `/boot`.
+    pub boot: PathBuf,
+    /// Run-time state (`vflaunch/bind.json` of `vflaunch bind`), normally `/run`.
+    pub run: PathBuf,
 }
 
 impl Default for HostPaths {
@@ -46,6 +49,8 @@ impl Default for HostPaths {
             sys: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
             proc: PathBuf::from("/proc"),
+            boot: PathBuf::from("/boot"),
+            run: PathBuf::from("/run"),
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct HostDevice {
     pub group: u32,
     /// Whether the device is an SR-IOV virtual function (has a `physfn` link).
     pub is_vf: bool,
+    /// Its vfio cdev, when the VM uses iommufd (set by the backend selection).
+    pub cdev: Option<super::backend::Cdev>,
 }
 
 /// Whether the host IOMMU remaps interrupts.
@@ -92,7 +99,7 @@ pub enum HostError {
     #[error("PCI device {0} not found: check the address with `lspci -D`")]
     DeviceNotFound(Bdf),
     /// An SR-IOV physical function (not bound to vfio-pci) was named.
-    #[error("PCI device {bdf} is an SR-IOV physical function{}: pass one of its VFs instead ({}), bound to vfio-pci", .driver.as_deref().map(|d| format!(" bound to {d}")).unwrap_or_default(), vf_hint(.bdf, .vfs))]
+    #[error("PCI device {bdf} is an SR-IOV physical function{}: pass one of its VFs instead ({}), bound to vfio-pci (`vflaunch bind <VF>`)", .driver.as_deref().map(|d| format!(" bound to {d}")).unwrap_or_default(), vf_hint(.bdf, .vfs))]
     PhysicalFunction {
         /// The PF.
         bdf: Bdf,
@@ -121,7 +128,7 @@ pub enum HostError {
         group: u32,
     },
     /// Another device in the group is bound to a host driver.
-    #[error("IOMMU group {group} of {bdf} is not viable: {}; unbind them or bind them to vfio-pci too (a group is passed through as a whole)", offenders(.others))]
+    #[error("IOMMU group {group} of {bdf} is not viable: {}; unbind them or bind them to vfio-pci too, e.g. `vflaunch bind` with every address (a group is passed through as a whole)", offenders(.others))]
     GroupNotViable {
         /// The device.
         bdf: Bdf,
@@ -140,6 +147,33 @@ pub enum HostError {
         /// The missing node.
         path: PathBuf,
     },
+    /// `/dev/iommu` is missing.
+    #[error("{} is missing: the host kernel has no iommufd (CONFIG_IOMMUFD; try `modprobe iommufd`), so use --vfio-backend group, or pass --iommufd-fd", .0.display())]
+    NoIommufd(PathBuf),
+    /// The device has no vfio cdev.
+    #[error("PCI device {0} has no vfio cdev (no vfio-dev/ in sysfs): the host kernel lacks CONFIG_VFIO_DEVICE_CDEV, so use --vfio-backend group")]
+    NoCdev(Bdf),
+    /// The cdev node is missing.
+    #[error("{} for {bdf} is missing: in a pod, mount /dev/vfio/devices/ (or pass the opened cdev as --device {bdf},fd=N)", .path.display())]
+    CdevNodeMissing {
+        /// The device.
+        bdf: Bdf,
+        /// The missing node.
+        path: PathBuf,
+    },
+    /// A passed-in descriptor is not usable.
+    #[error("{what}={fd} cannot be used: {why}; pass the descriptor of the opened device node")]
+    BadFd {
+        /// The descriptor.
+        fd: i32,
+        /// Which flag gave it.
+        what: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// Descriptors were passed but the group backend was asked for.
+    #[error("pre-opened descriptors (--iommufd-fd, --device BDF,fd=N) need the iommufd backend: drop --vfio-backend group")]
+    FdsNeedIommufd,
     /// `/dev/vfio/vfio` is missing.
     #[error("{} is missing: load vfio-pci (`modprobe vfio-pci`); in a pod, check that /dev/vfio/vfio is mounted", .0.display())]
     ContainerNodeMissing(PathBuf),
@@ -215,7 +249,7 @@ fn not_bound_msg(bdf: &Bdf, driver: Option<&str>) -> String {
         ),
         None => ("has no driver".to_string(), String::new()),
     };
-    format!("PCI device {bdf} {state}, not vfio-pci: run `modprobe vfio-pci; echo vfio-pci > {dev}/driver_override;{unbind} echo {bdf} > /sys/bus/pci/drivers_probe`")
+    format!("PCI device {bdf} {state}, not vfio-pci: run `modprobe vfio-pci; echo vfio-pci > {dev}/driver_override;{unbind} echo {bdf} > /sys/bus/pci/drivers_probe` (or `vflaunch bind {bdf}`, which records the driver to give it back to)")
 }
 
 fn offenders(others: &[(String, String)]) -> String {
@@ -235,7 +269,7 @@ fn no_remap_msg(module_param: bool) -> &'static str {
 }
 
 /// A sysfs attribute as text (capped), if it can be read.
-fn sys_text(path: &Path) -> Option<String> {
+pub(crate) fn sys_text(path: &Path) -> Option<String> {
     read_text(path, SYSFS_MAX, Kind::Pseudo).ok()
 }
 
@@ -268,13 +302,14 @@ fn sriov_vfs(sysfs: &Path) -> Option<Vec<String>> {
 }
 
 /// The last component of a symlink's target, e.g. the driver name.
-fn link_name(link: &Path) -> Option<String> {
+pub(crate) fn link_name(link: &Path) -> Option<String> {
     let target = fs::read_link(link).ok()?;
     Some(target.file_name()?.to_str()?.to_string())
 }
 
 /// Checks that `bdf` can be passed through: present, bound to vfio-pci,
-/// in a real (not no-IOMMU), viable IOMMU group whose `/dev/vfio` nodes exist.
+/// in a real (not no-IOMMU), viable IOMMU group. The `/dev` nodes depend on
+/// the backend: [`check_group_nodes`] for the group interface.
 pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
     let sysfs = p.sys.join("bus/pci/devices").join(bdf.to_string());
     if !sysfs.exists() {
@@ -323,6 +358,19 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
         return Err(HostError::GroupNotViable { bdf, group, others });
     }
 
+    let is_vf = fs::symlink_metadata(sysfs.join("physfn")).is_ok();
+    Ok(HostDevice {
+        bdf,
+        sysfs,
+        group,
+        is_vf,
+        cdev: None,
+    })
+}
+
+/// Checks the group interface's nodes for `d`: `/dev/vfio/<group>` and `/dev/vfio/vfio`.
+pub fn check_group_nodes(p: &HostPaths, d: &HostDevice) -> Result<(), HostError> {
+    let (bdf, group) = (d.bdf, d.group);
     let path = p.dev.join("vfio").join(group.to_string());
     if !path.exists() {
         return Err(HostError::GroupNodeMissing { bdf, group, path });
@@ -331,13 +379,7 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
     if !container.exists() {
         return Err(HostError::ContainerNodeMissing(container));
     }
-    let is_vf = fs::symlink_metadata(sysfs.join("physfn")).is_ok();
-    Ok(HostDevice {
-        bdf,
-        sysfs,
-        group,
-        is_vf,
-    })
+    Ok(())
 }
 
 /// Checks that `<dev>/kvm` can be opened read-write.
@@ -356,13 +398,13 @@ pub fn check_kvm(p: &HostPaths) -> Result<(), HostError> {
 }
 
 /// Parses the CapEff bit mask from `/proc/<pid>/status` text.
-fn parse_cap_eff(status: &str) -> Option<u64> {
+pub(crate) fn parse_cap_eff(status: &str) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(line.trim(), 16).ok()
 }
 
 /// Whether `need` bytes can be locked with this limit (`u64::MAX` = unlimited).
-fn memlock_sufficient(limit: u64, cap_ipc_lock: bool, need: u64) -> bool {
+pub(crate) fn memlock_sufficient(limit: u64, cap_ipc_lock: bool, need: u64) -> bool {
     cap_ipc_lock || limit >= need
 }
 
@@ -396,50 +438,7 @@ pub fn check_memlock(guest_memory: u64) -> Result<(), HostError> {
     }
 }
 
-/// A `/proc/meminfo` field in bytes (the file gives kB).
-fn meminfo_bytes(meminfo: &str, field: &str) -> Option<u64> {
-    let line = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
-    let kb: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
-    kb.checked_mul(1024)
-}
-
-/// Checks that the host can provide `guest_memory` bytes of guest RAM:
-/// free 2 MiB huge pages with `hugepages`, otherwise MemAvailable (VFIO
-/// pins every 4 KiB page, so RAM the host does not have ends in the OOM
-/// killer, not in an error). A kernel without MemAvailable passes.
-pub fn check_host_memory(
-    p: &HostPaths,
-    guest_memory: u64,
-    hugepages: bool,
-) -> Result<(), HostError> {
-    if hugepages {
-        // No such file: this host has no 2 MiB huge pages at all.
-        let free: u64 = sys_text(&p.sys.join(FREE_HUGEPAGES_2M))
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
-        if free.saturating_mul(HUGEPAGE_2M) < guest_memory {
-            return Err(HostError::HugePagesShort {
-                need: guest_memory,
-                free,
-            });
-        }
-        return Ok(());
-    }
-    let path = p.proc.join("meminfo");
-    let meminfo = read_text(&path, PROCFS_MAX, Kind::Pseudo)
-        .map_err(|source| HostError::Sysfs { path, source })?;
-    match meminfo_bytes(&meminfo, "MemAvailable") {
-        Some(available) if available < guest_memory => Err(HostError::MemoryShort {
-            need: guest_memory,
-            available,
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn is_ir_chip(name: &str) -> bool {
+pub(crate) fn is_ir_chip(name: &str) -> bool {
     ["IR-", "INTEL-IR", "AMD-IR"]
         .iter()
         .any(|prefix| name.starts_with(prefix))

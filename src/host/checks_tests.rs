@@ -25,6 +25,7 @@ fn good_devices_pass() {
         sysfs: dev,
         group: 42,
         is_vf: true,
+        cdev: None,
     };
     assert_eq!(got, want);
     f.add("0000:04:00.0", Some("vfio-pci"), Some(7));
@@ -118,15 +119,20 @@ fn group_viability_names_each_offender() {
 fn vfio_nodes_must_exist() {
     let f = fake();
     f.add("0000:03:02.1", Some("vfio-pci"), Some(3));
+    let d = check_device(&f.p, bdf("0000:03:02.1")).unwrap();
+    check_group_nodes(&f.p, &d).unwrap();
     fs::remove_file(f.p.dev.join("vfio/3")).unwrap();
     let err = assert_matches!(
-        f.err("0000:03:02.1"),
+        check_group_nodes(&f.p, &d).unwrap_err(),
         HostError::GroupNodeMissing { group: 3, .. }
     );
     assert!(err.to_string().contains("/dev/vfio/3"), "{err}");
     fs::write(f.p.dev.join("vfio/3"), "").unwrap();
     fs::remove_file(f.p.dev.join("vfio/vfio")).unwrap();
-    assert_matches!(f.err("0000:03:02.1"), HostError::ContainerNodeMissing(_));
+    assert_matches!(
+        check_group_nodes(&f.p, &d).unwrap_err(),
+        HostError::ContainerNodeMissing(_)
+    );
 }
 
 #[test]
@@ -250,9 +256,9 @@ fn guest_memory_against_what_the_host_can_provide() {
         "MemTotal:        3000000 kB\nMemAvailable:    2097152 kB\n",
     )
     .unwrap();
-    check_host_memory(&f.p, 2 * gib, false).unwrap();
+    crate::host::guest_memory::check_host_memory(&f.p, 2 * gib, false).unwrap();
     let err = assert_matches!(
-        check_host_memory(&f.p, 8 * gib, false).unwrap_err(),
+        crate::host::guest_memory::check_host_memory(&f.p, 8 * gib, false).unwrap_err(),
         HostError::MemoryShort { available, .. } if *available == 2 * gib
     );
     assert_eq!(
@@ -261,10 +267,10 @@ fn guest_memory_against_what_the_host_can_provide() {
     );
     // Kernels without MemAvailable pass; an unreadable meminfo does not.
     fs::write(&meminfo, "MemTotal: 3000000 kB\n").unwrap();
-    check_host_memory(&f.p, 8 * gib, false).unwrap();
+    crate::host::guest_memory::check_host_memory(&f.p, 8 * gib, false).unwrap();
     fs::remove_file(&meminfo).unwrap();
     assert_matches!(
-        check_host_memory(&f.p, gib, false).unwrap_err(),
+        crate::host::guest_memory::check_host_memory(&f.p, gib, false).unwrap_err(),
         HostError::Sysfs { .. }
     );
     // Huge pages: the free 2 MiB pages count, not MemAvailable.
@@ -273,7 +279,7 @@ fn guest_memory_against_what_the_host_can_provide() {
         "511\n",
     );
     let err = assert_matches!(
-        check_host_memory(&f.p, gib, true).unwrap_err(),
+        crate::host::guest_memory::check_host_memory(&f.p, gib, true).unwrap_err(),
         HostError::HugePagesShort { free: 511, .. }
     );
     assert!(err.to_string().contains("reserve 1 more"), "{err}");
@@ -281,5 +287,5 @@ fn guest_memory_against_what_the_host_can_provide() {
         "kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
         "512\n",
     );
-    check_host_memory(&f.p, gib, true).unwrap();
+    crate::host::guest_memory::check_host_memory(&f.p, gib, true).unwrap();
 }

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 
+use super::backend::{self, Backend, BackendChoice, Preopened};
 use super::bdf::Bdf;
 use super::checks::{self, HostDevice, HostError, HostPaths, IrqRemap};
 use crate::error::exit_code;
@@ -21,6 +22,41 @@ pub struct Request<'a> {
     pub allow_unsafe_interrupts: bool,
     /// Guest RAM comes from 2 MiB huge pages.
     pub hugepages: bool,
+    /// The VFIO interface asked for.
+    pub backend: BackendChoice,
+    /// Descriptors a launcher opened for us.
+    pub preopened: &'a Preopened,
+}
+
+/// No pre-opened descriptors.
+#[cfg(test)]
+static NONE_PREOPENED: Preopened = Preopened {
+    iommufd: None,
+    devices: Vec::new(),
+};
+
+#[cfg(test)]
+impl<'a> Request<'a> {
+    /// A request with the automatic backend and no pre-opened descriptors.
+    pub fn new(devices: &'a [Bdf], memory: u64, allow_unsafe_interrupts: bool) -> Self {
+        Request {
+            devices,
+            memory,
+            allow_unsafe_interrupts,
+            backend: BackendChoice::Auto,
+            preopened: &NONE_PREOPENED,
+            hugepages: false,
+        }
+    }
+}
+
+/// What pre-flight found: the checked devices and the VFIO backend.
+#[derive(Debug)]
+pub struct Checked {
+    /// The devices, with their cdevs when the backend is iommufd.
+    pub devices: Vec<HostDevice>,
+    /// The VFIO interface the VM will use.
+    pub backend: Backend,
 }
 
 /// How one check came out.
@@ -30,6 +66,8 @@ pub enum Outcome {
     Ok,
     /// Passed, with something the operator should know.
     Warn(&'static str),
+    /// Passed; what was decided.
+    Note(String),
     /// Failed.
     Failed(HostError),
 }
@@ -50,23 +88,58 @@ fn outcome<T>(r: Result<T, HostError>, warn: impl FnOnce(T) -> Option<&'static s
     }
 }
 
-/// Runs every check for `req`; returns them in order and the devices that passed.
+/// Runs every check for `req`; returns them in order and what passed.
 pub fn run_checks(
     p: &HostPaths,
     req: &Request,
     memlock: impl Fn(u64) -> Result<(), HostError>,
-) -> (Vec<Check>, Vec<HostDevice>) {
+) -> (Vec<Check>, Checked) {
     let mut out = Vec::new();
-    let mut devices = Vec::new();
-    for &bdf in req.devices {
-        let r = checks::check_device(p, bdf).map(|d| {
+    let found: Vec<Result<HostDevice, HostError>> = req
+        .devices
+        .iter()
+        .map(|&bdf| checks::check_device(p, bdf))
+        .collect();
+    let mut devices: Vec<HostDevice> = found
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let selected = if req.devices.is_empty() {
+        Ok((Backend::Group, String::new()))
+    } else {
+        backend::select(p, req.backend, &mut devices, req.preopened)
+    };
+    let chosen = selected.as_ref().map_or(Backend::Group, |(b, _)| *b);
+    let mut passed = Vec::new();
+    for (bdf, r) in req.devices.iter().zip(found) {
+        let r = r.and_then(|_| {
+            let d = devices
+                .iter()
+                .find(|d| d.bdf == *bdf)
+                .cloned()
+                .ok_or(HostError::DeviceNotFound(*bdf))?;
+            if chosen == Backend::Group {
+                checks::check_group_nodes(p, &d)?;
+            }
+            Ok(d)
+        });
+        let r = r.map(|d| {
             let warning = (!d.is_vf).then_some("not an SR-IOV VF (passthrough still works)");
-            devices.push(d);
+            passed.push(d);
             warning
         });
         out.push(Check {
             name: bdf.to_string(),
             outcome: outcome(r, |w| w),
+        });
+    }
+    if !req.devices.is_empty() {
+        out.push(Check {
+            name: "vfio backend".into(),
+            outcome: match selected {
+                Ok((b, why)) => Outcome::Note(format!("{} ({why})", b.name())),
+                Err(e) => Outcome::Failed(e),
+            },
         });
     }
     out.push(Check {
@@ -75,30 +148,40 @@ pub fn run_checks(
     });
     // Without devices nothing pins 4 KiB guest RAM: the host may overcommit it.
     if req.hugepages || !req.devices.is_empty() {
-        let r = checks::check_host_memory(p, req.memory, req.hugepages);
+        let r = super::guest_memory::check_host_memory(p, req.memory, req.hugepages);
         out.push(Check {
             name: "guest memory".into(),
             outcome: outcome(r, |()| None),
         });
     }
+    let checked = Checked {
+        devices: passed,
+        backend: chosen,
+    };
     if req.devices.is_empty() {
-        return (out, devices);
+        return (out, checked);
     }
+    let accounting = (chosen == Backend::Iommufd)
+        .then(|| backend::iommufd_accounting(p, req.preopened))
+        .flatten();
     out.push(Check {
         name: "locked memory".into(),
-        outcome: outcome(memlock(req.memory), |()| None),
+        outcome: match (memlock(req.memory), accounting) {
+            (Ok(()), Some(note)) => Outcome::Note(note.to_string()),
+            (r, _) => outcome(r, |()| None),
+        },
     });
     let remap = checks::check_interrupt_remapping(p, req.allow_unsafe_interrupts);
     out.push(Check {
         name: "interrupt remapping".into(),
         outcome: outcome(remap, IrqRemap::warning),
     });
-    (out, devices)
+    (out, checked)
 }
 
 /// The checks for `vflaunch run`: the first failure, or the checked devices
 /// (warnings are logged).
-pub fn preflight(p: &HostPaths, req: &Request) -> Result<Vec<HostDevice>, HostError> {
+pub fn preflight(p: &HostPaths, req: &Request) -> Result<Checked, HostError> {
     preflight_with(p, req, checks::check_memlock)
 }
 
@@ -106,16 +189,17 @@ fn preflight_with(
     p: &HostPaths,
     req: &Request,
     memlock: impl Fn(u64) -> Result<(), HostError>,
-) -> Result<Vec<HostDevice>, HostError> {
-    let (list, devices) = run_checks(p, req, memlock);
+) -> Result<Checked, HostError> {
+    let (list, checked) = run_checks(p, req, memlock);
     for c in list {
         match c.outcome {
             Outcome::Ok => {}
+            Outcome::Note(n) => log::info!("{}: {n}", c.name),
             Outcome::Warn(w) => log::warn!("{}: {w}", c.name),
             Outcome::Failed(e) => return Err(e),
         }
     }
-    Ok(devices)
+    Ok(checked)
 }
 
 /// `vflaunch check`: writes one line per check to `out`; returns the exit
@@ -132,6 +216,7 @@ pub fn report(p: &HostPaths, req: &Request, out: &mut dyn Write) -> i32 {
     for c in list {
         let _ = match c.outcome {
             Outcome::Ok => writeln!(out, "ok      {}", c.name),
+            Outcome::Note(n) => writeln!(out, "ok      {}: {n}", c.name),
             Outcome::Warn(w) => writeln!(out, "WARN    {}: {w}", c.name),
             Outcome::Failed(e) => {
                 failed = true;
@@ -154,19 +239,17 @@ mod tests {
     use crate::host::fake::{bdf, fake};
 
     fn req(devices: &[Bdf]) -> Request<'_> {
-        Request {
-            devices,
-            memory: 64 << 20,
-            allow_unsafe_interrupts: false,
-            hugepages: false,
-        }
+        Request::new(devices, 64 << 20, false)
     }
 
     #[test]
     fn run_stops_at_the_first_failure_in_order() {
         let f = fake();
         let ok = |_: u64| Ok(());
-        assert!(preflight_with(&f.p, &req(&[]), ok).unwrap().is_empty());
+        assert!(preflight_with(&f.p, &req(&[]), ok)
+            .unwrap()
+            .devices
+            .is_empty());
         let devices = [bdf("0000:03:02.1"), bdf("0000:03:02.2")];
         // Device problems come first, even before a missing /dev/kvm.
         fs::remove_file(f.p.dev.join("kvm")).unwrap();
@@ -199,7 +282,15 @@ mod tests {
             ..req(&devices)
         };
         let got = preflight_with(&f.p, &unsafe_ok, ok).unwrap();
-        assert_eq!(got.iter().map(|d| d.group).collect::<Vec<_>>(), [1, 1]);
+        assert_eq!(
+            got.devices.iter().map(|d| d.group).collect::<Vec<_>>(),
+            [1, 1]
+        );
+        assert_eq!(
+            got.backend,
+            Backend::Group,
+            "no /dev/iommu in the fake host"
+        );
     }
 
     #[test]
@@ -223,14 +314,18 @@ mod tests {
             .nth(1)
             .unwrap()
             .starts_with("WARN    0000:03:02.2: not an SR-IOV VF"));
-        assert!(text.lines().nth(2).unwrap().starts_with("FAILED  /dev/kvm"));
-        assert_eq!(text.lines().nth(3).unwrap(), "ok      guest memory");
+        assert_eq!(
+            text.lines().nth(2).unwrap(),
+            "ok      vfio backend: vfio-group (auto: the group interface, because {}/iommu is missing (kernel without CONFIG_IOMMUFD))".replace("{}", &f.p.dev.display().to_string())
+        );
+        assert!(text.lines().nth(3).unwrap().starts_with("FAILED  /dev/kvm"));
+        assert_eq!(text.lines().nth(4).unwrap(), "ok      guest memory");
         assert!(text
             .lines()
-            .nth(5)
+            .nth(6)
             .unwrap()
             .starts_with("FAILED  interrupt remapping"));
-        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(text.lines().count(), 7, "{text}");
     }
 
     #[test]
@@ -261,6 +356,9 @@ mod tests {
             "kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
             "32\n",
         );
-        assert_eq!(preflight_with(&f.p, &hp, |_| Ok(())).unwrap(), []);
+        assert!(preflight_with(&f.p, &hp, |_| Ok(()))
+            .unwrap()
+            .devices
+            .is_empty());
     }
 }

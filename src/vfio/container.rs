@@ -1,13 +1,14 @@
 //! The VFIO container (one IOMMU domain for the VM), the KVM-VFIO pseudo
 //! device, opening devices and DMA-mapping guest RAM (IOVA = guest physical).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioOps};
 use vm_memory::GuestMemoryMmap;
+
+use crate::host::checks::HostDevice;
 
 use vfio_ioctls::VfioError;
 
@@ -34,6 +35,35 @@ pub enum ContainerError {
     /// DMA mapping failed.
     #[error("cannot DMA-map guest memory for the device (check RLIMIT_MEMLOCK with `ulimit -l`, and free memory)")]
     DmaMap(#[source] VfioError),
+    /// /dev/iommu could not be opened.
+    #[error("cannot open /dev/iommu (use --vfio-backend group, or pass --iommufd-fd)")]
+    Iommufd(#[source] iommufd_ioctls::IommufdError),
+    /// The IOAS could not be set up.
+    #[error("cannot set up the iommufd IO address space")]
+    Ioas(#[source] VfioError),
+    /// The device's cdev could not be opened.
+    #[error("cannot open the vfio cdev of {name}{hint}", hint = open_hint(*.errno))]
+    Cdev {
+        /// The device.
+        name: String,
+        /// The OS error number.
+        errno: Option<i32>,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a VM's devices reach the IOMMU: groups in a container, or iommufd.
+pub trait DmaSpace: Send {
+    /// Opens `d` in this space.
+    fn open(&self, d: &HostDevice) -> Result<VfioDevice, ContainerError>;
+    /// Pins and maps all of guest RAM for device DMA (IOVA = guest physical).
+    fn map_guest_memory(&mut self, mem: &GuestMemoryMmap) -> Result<(), ContainerError>;
+    /// Unmaps guest RAM (done before exit so pins are released promptly).
+    fn unmap_guest_memory(&mut self, mem: &GuestMemoryMmap);
+    /// The backend's name for logs and events.
+    fn backend(&self) -> &'static str;
 }
 
 /// The VM's VFIO container.
@@ -60,20 +90,25 @@ impl Container {
             mapped: false,
         })
     }
+}
 
-    /// Opens the device at `sysfs` (attaching its group to this container).
-    pub fn open_device(&self, name: &str, sysfs: &Path) -> Result<VfioDevice, ContainerError> {
-        VfioDevice::new(sysfs, self.inner.clone() as Arc<dyn VfioOps>, false).map_err(|source| {
+impl DmaSpace for Container {
+    /// Opens the device (attaching its group to this container).
+    fn open(&self, d: &HostDevice) -> Result<VfioDevice, ContainerError> {
+        VfioDevice::new(&d.sysfs, self.inner.clone() as Arc<dyn VfioOps>, false).map_err(|source| {
             ContainerError::Device {
-                name: name.to_string(),
+                name: d.bdf.to_string(),
                 errno: errno(&source),
                 source,
             }
         })
     }
 
-    /// Maps all of guest RAM for device DMA (pins it).
-    pub fn map_guest_memory(&mut self, mem: &GuestMemoryMmap) -> Result<(), ContainerError> {
+    fn backend(&self) -> &'static str {
+        "vfio-group"
+    }
+
+    fn map_guest_memory(&mut self, mem: &GuestMemoryMmap) -> Result<(), ContainerError> {
         // SAFETY: every region of `mem` is a live host mapping owned by the
         // VMM for the whole life of the VM; `Vmm::shutdown`, which every path
         // runs (its Drop included), unmaps and drops the container before
@@ -83,8 +118,7 @@ impl Container {
         Ok(())
     }
 
-    /// Unmaps guest RAM (done before exit so pins are released promptly).
-    pub fn unmap_guest_memory(&mut self, mem: &GuestMemoryMmap) {
+    fn unmap_guest_memory(&mut self, mem: &GuestMemoryMmap) {
         if self.mapped {
             if let Err(e) = self.inner.vfio_unmap_guest_memory(mem) {
                 log::warn!("unmapping guest memory from the IOMMU: {e}");
@@ -95,7 +129,7 @@ impl Container {
 }
 
 /// The OS error number somewhere in the chain, if any.
-fn errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+pub(super) fn errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
         if let Some(code) = c

@@ -9,6 +9,7 @@
 pub mod bar_map;
 pub mod config_space;
 pub mod container;
+pub mod iommufd;
 pub mod pci_device;
 pub mod vectors;
 

@@ -11,14 +11,17 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{VmState, Vmm, VmmError};
 use crate::arch::x86_64::layout::{self, GuestLayout};
 use crate::arch::x86_64::{acpi, boot};
-use crate::config::VmConfig;
+use crate::config::{SerialMode, VmConfig};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::{Buses, SharedDevice};
-use crate::devices::console_output::ConsoleOutput;
+use crate::devices::console_output::{ConsoleOutput, CONSOLE_BUFFER_BYTES};
+use crate::devices::ged::Ged;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialConsole;
 use crate::exit::ExitSignal;
-use crate::host::checks::HostDevice;
+use crate::host::backend::Backend;
+use crate::host::console_socket::{self, ConsoleSocket};
+use crate::host::preflight::Checked;
 use crate::interrupts::KvmMsiRouter;
 use crate::memory;
 use crate::pci::bar::BarAllocator;
@@ -26,7 +29,8 @@ use crate::pci::bar_space::BarSpace;
 use crate::pci::root::{PciEcam, PciRoot};
 use crate::sync::lock;
 use crate::vcpu::{Vcpu, VcpuControl};
-use crate::vfio::container::Container;
+use crate::vfio::container::{Container, DmaSpace};
+use crate::vfio::iommufd::IommufdSpace;
 use crate::vfio::pci_device::{VfioPciDevice, VfioProbe};
 use crate::vfio::VfioBackend;
 use crate::vm::{self, KvmGuestMapper};
@@ -37,7 +41,7 @@ fn eventfd() -> Result<EventFd, VmmError> {
 
 impl Vmm {
     /// KVM, the VM with its irqchip and PIT, and guest RAM in its memory slots.
-    pub(super) fn create_vm(cfg: &VmConfig, exit: Arc<ExitSignal>) -> Result<Self, VmmError> {
+    pub(super) fn create_vm(cfg: &VmConfig) -> Result<Self, VmmError> {
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         let vm = Arc::new(vm::create_vm(&kvm)?);
         let guest = GuestLayout::new(cfg.memory);
@@ -51,6 +55,8 @@ impl Vmm {
         // One mapper for the VM: it hands out the memory slot numbers.
         let mapper = Arc::new(KvmGuestMapper::new(vm.clone()));
         mapper.register_ram(&mem)?;
+        let exit =
+            Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
         Ok(Vmm {
             state: VmState::Created,
             cpus: cfg.cpus,
@@ -63,7 +69,10 @@ impl Vmm {
             terminal: None,
             console: None,
             serial: None,
+            power_button: None,
+            console_socket: None,
             vfio: Vec::new(),
+            slots: Vec::new(),
             router: None,
             bars: None,
             container: None,
@@ -104,23 +113,76 @@ impl Vmm {
             .map_err(VmmError::Bus)
     }
 
-    /// COM1 (console on stdout, through a bounded buffer), the i8042 reset port and the ACPI PM register.
-    pub(super) fn attach_legacy_devices(&mut self) -> Result<(), VmmError> {
-        let serial_irq = eventfd()?;
-        self.vm
-            .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
-            .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
-        let console = ConsoleOutput::stdout()
-            .map_err(|e| VmmError::Os("cannot start the console output thread", e))?;
-        let out = Box::new(console.writer());
-        self.console = Some(console);
-        let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
-        self.add_pio(layout::SERIAL_PORT, layout::SERIAL_PORT_LEN, serial.clone())?;
-        self.serial = Some(serial);
+    /// COM1 (console on stdout, a file or a socket; stdout and files through
+    /// a bounded buffer, so that a slow reader never blocks a vCPU), the
+    /// i8042 reset port, the ACPI PM register and the Generic Event Device
+    /// with its power button.
+    pub(super) fn attach_legacy_devices(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
+        let os = |what| move |e| VmmError::Os(what, e);
+        let mut socket = None;
+        let out: Box<dyn std::io::Write + Send> = match &cfg.serial {
+            SerialMode::Socket(_) => {
+                let (out, pipe) =
+                    console_socket::output().map_err(os("cannot create an eventfd"))?;
+                socket = Some(pipe);
+                Box::new(out)
+            }
+            SerialMode::Tty => {
+                let c = ConsoleOutput::stdout()
+                    .map_err(os("cannot start the console output thread"))?;
+                Box::new(self.console.insert(c).writer())
+            }
+            SerialMode::Null => Box::new(std::io::sink()),
+            SerialMode::File(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| VmmError::Os("cannot open the serial output file", e))?;
+                let c = ConsoleOutput::new(Box::new(f), CONSOLE_BUFFER_BYTES)
+                    .map_err(os("cannot start the console output thread"))?;
+                Box::new(self.console.insert(c).writer())
+            }
+            SerialMode::Off => Box::new(std::io::sink()),
+        };
+        if cfg.serial != SerialMode::Off {
+            let serial_irq = eventfd()?;
+            self.vm
+                .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+                .map_err(|e| VmmError::VmSetup("wire the serial interrupt", e))?;
+            let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, out)));
+            self.add_pio(layout::SERIAL_PORT, layout::SERIAL_PORT_LEN, serial.clone())?;
+            if let (SerialMode::Socket(path), Some(pipe)) = (&cfg.serial, &socket) {
+                let s = ConsoleSocket::start(path, pipe, serial.clone())
+                    .map_err(os("cannot serve the console socket"))?;
+                log::info!("serial console on {}", path.display());
+                self.console_socket = Some(s);
+            }
+            // Only a terminal console reads the keyboard.
+            if cfg.serial == SerialMode::Tty {
+                self.serial = Some(serial);
+            }
+        }
         let i8042 = Arc::new(Mutex::new(I8042::new(self.exit.clone())));
         self.add_pio(layout::I8042_PORT, layout::I8042_PORT_LEN, i8042)?;
         let pm = Arc::new(Mutex::new(AcpiPm::new(self.exit.clone())));
-        self.add_pio(layout::ACPI_PM_PORT, layout::ACPI_PM_PORT_LEN, pm)
+        self.add_pio(layout::ACPI_PM_PORT, layout::ACPI_PM_PORT_LEN, pm)?;
+        let ged_irq = eventfd()?;
+        self.vm
+            .register_irqfd(&ged_irq, layout::ACPI_GED_IRQ)
+            .map_err(|e| VmmError::VmSetup("wire the GED interrupt", e))?;
+        let (ged, trigger) =
+            Ged::new(ged_irq).map_err(|e| VmmError::Os("cannot create an eventfd", e))?;
+        self.buses
+            .mmio
+            .insert(
+                layout::ACPI_GED_START.0,
+                layout::ACPI_GED_SIZE,
+                Arc::new(Mutex::new(ged)),
+            )
+            .map_err(VmmError::Bus)?;
+        self.power_button = Some(trigger);
+        Ok(())
     }
 
     /// The PCI host bridge on the config ports and ECAM, its BARs in the
@@ -141,21 +203,28 @@ impl Vmm {
         Ok(())
     }
 
-    /// Opens each device through one VFIO container and puts it on the bus.
-    pub(super) fn attach_vfio_devices(&mut self, devices: &[HostDevice]) -> Result<(), VmmError> {
-        if devices.is_empty() {
+    /// Opens each device through one DMA space (a VFIO container, or an
+    /// iommufd IOAS) and puts it on the bus.
+    pub(super) fn attach_vfio_devices(
+        &mut self,
+        cfg: &VmConfig,
+        checked: &Checked,
+    ) -> Result<(), VmmError> {
+        if checked.devices.is_empty() {
             return Ok(());
         }
-        self.container = Some(Container::new(&self.vm)?);
-        for d in devices {
-            let name = d.bdf.to_string();
-            let container = self
-                .container
-                .as_ref()
-                .ok_or(VmmError::State(self.state, "open a device"))?;
-            let backend = Arc::new(container.open_device(&name, &d.sysfs)?);
+        let space: Box<dyn DmaSpace> = match checked.backend {
+            Backend::Group => Box::new(Container::new(&self.vm)?),
+            Backend::Iommufd => Box::new(IommufdSpace::new(&self.vm, cfg.preopened.iommufd)?),
+        };
+        let space = self.container.insert(space);
+        let mut opened = Vec::new();
+        for d in &checked.devices {
+            opened.push((d.bdf.to_string(), Arc::new(space.open(d)?), d.group));
+        }
+        for (name, backend, group) in opened {
             self.attach_backend(&name, backend)?;
-            log::info!("{name}: IOMMU group {}", d.group);
+            log::info!("{name}: IOMMU group {group}, {}", checked.backend.name());
         }
         Ok(())
     }
@@ -189,6 +258,7 @@ impl Vmm {
         self.vfio.push(dev.clone());
         let slot = root.add_device(dev)?;
         log::info!("{name}: passed through as guest PCI 0000:00:{slot:02x}.0");
+        self.slots.push((name.to_string(), slot));
         Ok(())
     }
 

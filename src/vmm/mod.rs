@@ -20,16 +20,17 @@ use crate::arch::x86_64::layout::GuestLayout;
 use crate::config::VmConfig;
 use crate::devices::bus::Buses;
 use crate::devices::console_output::ConsoleOutput;
+use crate::devices::ged::GedTrigger;
 use crate::devices::serial::SerialConsole;
-use crate::exit::{self, ExitReason, ExitSignal, SignalHandlers};
-use crate::host::checks::HostDevice;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::host::preflight::Checked;
 use crate::host::terminal::{self, RawTerminal};
 use crate::interrupts::KvmMsiRouter;
 use crate::pci::bar::BarAllocator;
 use crate::pci::root::PciRoot;
 use crate::sync::{lock, lock_within};
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
-use crate::vfio::container::Container;
+use crate::vfio::container::DmaSpace;
 use crate::vfio::pci_device::VfioPciDevice;
 use crate::vm::KvmGuestMapper;
 
@@ -78,10 +79,6 @@ pub enum VmmError {
     /// Eventfd/thread/OS plumbing.
     #[error("{0}")]
     Os(&'static str, #[source] std::io::Error),
-    /// SIGINT/SIGTERM arrived while the VM was being built; what was built
-    /// is torn down.
-    #[error("stopped by signal {0} while the VM was being built")]
-    Interrupted(i32),
 }
 
 /// How long tear-down waits for a device lock before going on without it.
@@ -115,10 +112,13 @@ pub struct Vmm {
     /// Guest console output: the bounded buffer and its writer thread.
     console: Option<ConsoleOutput>,
     serial: Option<Arc<Mutex<SerialConsole>>>,
+    power_button: Option<GedTrigger>,
+    console_socket: Option<crate::host::console_socket::ConsoleSocket>,
     vfio: Vec<Arc<Mutex<VfioPciDevice>>>,
+    slots: Vec<(String, u8)>,
     router: Option<Arc<KvmMsiRouter>>,
     bars: Option<BarAllocator>,
-    container: Option<Container>,
+    container: Option<Box<dyn DmaSpace>>,
     root: Option<Arc<Mutex<PciRoot>>>,
     buses: Arc<Buses>,
     exit: Arc<ExitSignal>,
@@ -136,54 +136,26 @@ pub struct Vmm {
 
 impl Vmm {
     /// Builds the VM described by `cfg` with the checked `devices`: memory,
-    /// kernel and firmware tables, legacy devices, PCI and VFIO, DMA map,
-    /// vCPUs. `exit` is the stop request the signal handlers already wake;
-    /// a signal caught during the build stops it between two steps
-    /// ([`VmmError::Interrupted`]) and what was built is torn down.
-    pub fn new(
-        cfg: &VmConfig,
-        devices: &[HostDevice],
-        exit: Arc<ExitSignal>,
-    ) -> Result<Self, VmmError> {
+    /// kernel and firmware tables, legacy devices, PCI and VFIO, DMA map, vCPUs.
+    pub fn new(cfg: &VmConfig, checked: &Checked) -> Result<Self, VmmError> {
         let started = Instant::now();
-        let mut vmm = Vmm::create_vm(cfg, exit)?;
-        vmm.interrupted()?;
+        let mut vmm = Vmm::create_vm(cfg)?;
         vmm.load_kernel(cfg)?;
-        vmm.interrupted()?;
-        vmm.attach_legacy_devices()?;
+        vmm.attach_legacy_devices(cfg)?;
         vmm.attach_pci()?;
-        vmm.attach_vfio_devices(devices)?;
-        vmm.interrupted()?;
+        vmm.attach_vfio_devices(cfg, checked)?;
         vmm.map_dma()?;
-        vmm.interrupted()?;
         vmm.create_vcpus(cfg)?;
-        vmm.interrupted()?;
         log::info!("VM built in {} ms", started.elapsed().as_millis());
         Ok(vmm)
     }
 
-    /// Fails with [`VmmError::Interrupted`] once a signal asked for a stop.
-    fn interrupted(&self) -> Result<(), VmmError> {
-        match exit::poll_signal(&self.exit) {
-            Some(sig) => Err(VmmError::Interrupted(sig)),
-            None => Ok(()),
-        }
-    }
-
     /// The VM's state.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API server drives these; tests do now")
-    )]
     pub fn state(&self) -> VmState {
         self.state
     }
 
     /// The stop request that devices, vCPUs, signals and callers share.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API server drives these; tests do now")
-    )]
     pub fn exit_signal(&self) -> &Arc<ExitSignal> {
         &self.exit
     }
@@ -215,10 +187,6 @@ impl Vmm {
     }
 
     /// Parks the vCPUs: Running → Paused.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API server drives these; tests do now")
-    )]
     pub fn pause(&mut self) -> Result<(), VmmError> {
         match (&self.running, self.state) {
             (Some(set), VmState::Running) => {
@@ -233,10 +201,6 @@ impl Vmm {
     }
 
     /// Lets the vCPUs run again: Paused → Running.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API server drives these; tests do now")
-    )]
     pub fn resume(&mut self) -> Result<(), VmmError> {
         match (&self.running, self.state) {
             (Some(set), VmState::Paused) => {
@@ -248,9 +212,35 @@ impl Vmm {
         }
     }
 
+    /// Presses the guest's ACPI power button (an orderly shutdown request).
+    pub fn power_button(&self) -> Result<(), VmmError> {
+        match (&self.power_button, self.state) {
+            (Some(b), VmState::Running) => b
+                .power_button()
+                .map_err(|e| VmmError::Os("cannot raise the GED interrupt", e)),
+            _ => Err(VmmError::State(self.state, "press the power button")),
+        }
+    }
+
     /// Blocks until the guest stops or a stop is requested; returns why.
+    #[cfg(test)]
     pub fn wait(&self) -> ExitReason {
-        exit::wait(&self.exit)
+        crate::exit::wait(&self.exit)
+    }
+
+    /// The passed-through devices: host name and guest slot on bus 0.
+    pub fn devices(&self) -> &[(String, u8)] {
+        &self.slots
+    }
+
+    /// How the devices reach the IOMMU (`vfio-group` or `iommufd`), if there are devices.
+    pub fn backend(&self) -> Option<&'static str> {
+        self.container.as_ref().map(|c| c.backend())
+    }
+
+    /// vCPU exits so far, by kind.
+    pub fn exit_counts(&self) -> Vec<(&'static str, u64)> {
+        self.control.exit_counts()
     }
 
     /// Tears everything down, in order: vCPUs stopped, terminal restored,
@@ -278,6 +268,7 @@ impl Vmm {
             log::info!("guest ran for {:.3} s", t.elapsed().as_secs_f64());
         }
         self.terminal = None;
+        self.console_socket = None;
         // Whatever the guest printed gets a moment to reach the sink; the
         // number of bytes dropped is logged.
         self.console = None;
@@ -325,25 +316,4 @@ impl Drop for Vmm {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Boots the VM described by `cfg` with the checked `devices`, waits for it
-/// to stop, tears it down, and returns why it stopped. SIGINT and SIGTERM
-/// are handled from before the first build step, so a signal at any point
-/// gets the same ordered tear-down and exit code.
-pub fn run(cfg: &VmConfig, devices: &[HostDevice]) -> Result<ExitReason, VmmError> {
-    let exit =
-        Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
-    // Dropped last (declared first): the handlers wake `exit` while it lives.
-    let _signals = SignalHandlers::install(&exit)
-        .map_err(|e| VmmError::Os("cannot install signal handlers", e))?;
-    let mut vmm = match Vmm::new(cfg, devices, exit) {
-        Err(VmmError::Interrupted(sig)) => return Ok(ExitReason::Signal(sig)),
-        built => built?,
-    };
-    vmm.boot()?;
-    let reason = vmm.wait();
-    log::debug!("stop requested: {reason:?}");
-    vmm.shutdown();
-    Ok(reason)
 }

@@ -44,10 +44,9 @@ fn spinning_vm(dir: &tempfile::TempDir) -> Option<(Vmm, Arc<MockVfio>)> {
     let mut cfg = VmConfig::new(kernel);
     cfg.memory = 64 << 20;
     cfg.cpus = 2;
-    let exit = Arc::new(ExitSignal::new().unwrap());
-    let mut vmm = Vmm::create_vm(&cfg, exit).unwrap();
+    let mut vmm = Vmm::create_vm(&cfg).unwrap();
     vmm.load_kernel(&cfg).unwrap();
-    vmm.attach_legacy_devices().unwrap();
+    vmm.attach_legacy_devices(&cfg).unwrap();
     vmm.attach_pci().unwrap();
     let mock = MockVfio::igbvf();
     vmm.attach_backend("0000:00:12.0", mock.clone()).unwrap();

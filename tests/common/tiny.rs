@@ -117,3 +117,27 @@ pub fn elf64(code: &[u8], pvh: bool) -> Vec<u8> {
     }
     e
 }
+
+/// 32-bit code for the PVH entry that behaves like a guest with an ACPI
+/// power button handler: print `msg`, then poll the byte at `event_reg` (the
+/// GED event register, which the VMM sets on a power-button press) until
+/// `mask` is set in it, then power off through ACPI S5.
+pub fn tiny_pvh_power_button_code(msg: &[u8], event_reg: u32, mask: u8) -> Vec<u8> {
+    const MSG_AT: u64 = 40;
+    let mut c = Vec::new();
+    c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    c.push(0xbe); // mov esi, msg
+    c.extend_from_slice(&((TINY_ENTRY + MSG_AT) as u32).to_le_bytes());
+    c.push(0xb9); // mov ecx, len
+    c.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    c.extend_from_slice(&[0xac, 0xee, 0x49, 0x75, 0xfb]); // lodsb; out; dec ecx; jnz
+    c.push(0xa0); // poll: mov al, [event_reg]
+    c.extend_from_slice(&event_reg.to_le_bytes());
+    c.extend_from_slice(&[0xa8, mask]); // test al, mask
+    c.extend_from_slice(&[0x74, 0xf7]); // jz poll
+    c.extend_from_slice(&[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee]); // S5
+    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+    c.resize(MSG_AT as usize, 0x90);
+    c.extend_from_slice(msg);
+    c
+}

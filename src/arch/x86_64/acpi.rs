@@ -7,8 +7,9 @@
 //! the MCFG table gives its ECAM region.
 
 use acpi_tables::aml::{
-    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
-    ResourceTemplate, Scope, IO,
+    self, AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Field, FieldAccessType,
+    FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method, Name,
+    Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -24,6 +25,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{self, PciWindows};
 use crate::devices::acpi_pm::{RESET_VALUE, S5_SLEEP_TYPE};
+use crate::devices::ged::EVENT_POWER_BUTTON;
 
 const OEM_ID: [u8; 6] = *b"VFLNCH";
 const OEM_REVISION: u32 = 1;
@@ -111,7 +113,52 @@ pub fn dsdt_aml(pci: PciWindows) -> Vec<u8> {
     let s5 = Name::new("_S5_".into(), &s5_pkg);
     let mut out = aml_bytes(&sb);
     out.extend(aml_bytes(&s5));
+    out.extend(ged_aml());
     out
+}
+
+/// The Generic Event Device and the power button it notifies: on its
+/// interrupt the guest runs `_EVT`, which reads the event register and, for
+/// the power-button bit, sends `Notify(\_SB.PWRB, 0x80)` (a press).
+fn ged_aml() -> Vec<u8> {
+    let irq = Interrupt::new(true, true, false, false, layout::ACPI_GED_IRQ);
+    let reg = Memory32Fixed::new(true, layout::ACPI_GED_START.0 as u32, 1);
+    let crs = ResourceTemplate::new(vec![&irq, &reg]);
+    let hid = "ACPI0013";
+    let base = layout::ACPI_GED_START.0 as usize;
+    let region = OpRegion::new("GDST".into(), OpRegionSpace::SystemMemory, &base, &1usize);
+    let field = Field::new(
+        "GDST".into(),
+        FieldAccessType::Byte,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
+        vec![FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let gdat = Path::new("GDAT");
+    let events = Store::new(&Local(0), &gdat);
+    let pressed = And::new(&aml::ZERO, &Local(0), &EVENT_POWER_BUTTON);
+    let pwrb_path = Path::new("\\_SB_.PWRB");
+    let notify = Notify::new(&pwrb_path, &0x80u8);
+    let on_press = If::new(&pressed, vec![&notify]);
+    let evt = Method::new("_EVT".into(), 1, true, vec![&events, &on_press]);
+    let ged_names = [
+        Name::new("_HID".into(), &hid),
+        Name::new("_UID".into(), &aml::ZERO),
+        Name::new("_CRS".into(), &crs),
+    ];
+    let mut children: Vec<&dyn Aml> = ged_names.iter().map(|n| n as &dyn Aml).collect();
+    children.extend([&region as &dyn Aml, &field, &evt]);
+    let ged = Device::new("GED_".into(), children);
+    let pwrb_hid = EISAName::new("PNP0C0C");
+    let pwrb_names = [
+        Name::new("_HID".into(), &pwrb_hid),
+        Name::new("_UID".into(), &aml::ZERO),
+    ];
+    let pwrb = Device::new(
+        "PWRB".into(),
+        pwrb_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    aml_bytes(&Scope::new("\\_SB_".into(), vec![&ged, &pwrb]))
 }
 
 fn pm_register() -> GAS {

@@ -98,8 +98,15 @@ fn mcfg_points_at_ecam_for_bus_0() {
 #[derive(Debug, PartialEq)]
 enum Obj {
     Int(u64),
+    Str(String),
     Buffer(Vec<u8>),
     Package(Vec<Obj>),
+    /// OperationRegion: space, offset, length.
+    Region(u8, u64, u64),
+    /// Field: its named units, with their widths in bits.
+    Field(Vec<(String, usize)>),
+    /// Method: argument count and flags, and the undecoded body.
+    Method(u8, Vec<u8>),
 }
 
 /// A resource descriptor of a `_CRS` buffer (ACPI 6.5, section 6.4).
@@ -116,6 +123,8 @@ enum Res {
     Io { min: u16, max: u16, len: u8 },
     /// IRQ or extended interrupt descriptor: the interrupt numbers.
     Irq(Vec<u32>),
+    /// 32-bit fixed memory range: base, length.
+    Mem32 { base: u32, len: u32 },
 }
 
 /// A bounded reader over AML bytes: every read past the end is `None`.
@@ -176,6 +185,12 @@ impl<'a> Reader<'a> {
             0x0b => Obj::Int(self.le(2)?),
             0x0c => Obj::Int(self.le(4)?),
             0x0e => Obj::Int(self.le(8)?),
+            0x0d => {
+                let end = self.b.iter().position(|&c| c == 0)?;
+                let text = String::from_utf8(self.take(end)?.to_vec()).ok()?;
+                self.take(1)?;
+                Obj::Str(text)
+            }
             0x11 => {
                 let mut body = self.package()?;
                 let Obj::Int(size) = body.data()? else {
@@ -212,15 +227,49 @@ fn named_objects(aml: &[u8]) -> Option<Vec<(String, Obj)>> {
                     let name = path(scope, &r.name()?);
                     out.push((name, r.data()?));
                 }
-                // ScopeOp, or ExtOpPrefix DeviceOp.
-                0x10 | 0x5b => {
-                    if op == 0x5b && r.byte()? != 0x82 {
-                        return None;
-                    }
+                0x10 => {
                     let mut body = r.package()?;
                     let name = path(scope, &body.name()?);
                     walk(body, &name, out)?;
                 }
+                0x14 => {
+                    let mut body = r.package()?;
+                    let name = path(scope, &body.name()?);
+                    let flags = body.byte()?;
+                    out.push((name, Obj::Method(flags, body.b.to_vec())));
+                }
+                0x5b => match r.byte()? {
+                    0x82 => {
+                        let mut body = r.package()?;
+                        let name = path(scope, &body.name()?);
+                        walk(body, &name, out)?;
+                    }
+                    0x80 => {
+                        let name = path(scope, &r.name()?);
+                        let space = r.byte()?;
+                        let (Obj::Int(off), Obj::Int(len)) = (r.data()?, r.data()?) else {
+                            return None;
+                        };
+                        out.push((name, Obj::Region(space, off, len)));
+                    }
+                    0x81 => {
+                        let mut body = r.package()?;
+                        let name = path(scope, &body.name()?);
+                        body.byte()?; // access, lock and update rules
+                        let mut units = Vec::new();
+                        while !body.b.is_empty() {
+                            let unit = body.name()?;
+                            // A unit's width is a PkgLength-style number of bits.
+                            let lead = body.byte()?;
+                            if lead >> 6 != 0 {
+                                return None;
+                            }
+                            units.push((unit, usize::from(lead & 0x3f)));
+                        }
+                        out.push((name, Obj::Field(units)));
+                    }
+                    _ => return None,
+                },
                 _ => return None,
             }
         }
@@ -285,6 +334,11 @@ fn resources(buf: &[u8]) -> Option<Vec<Res>> {
                     max: f[2],
                     len: f[4],
                 });
+            }
+            0x06 => {
+                d.byte()?; // read/write
+                let (base, len) = (d.le(4)? as u32, d.le(4)? as u32);
+                out.push(Res::Mem32 { base, len });
             }
             0x09 => {
                 d.byte()?; // flags
@@ -391,11 +445,54 @@ fn aml_decoder_rejects_truncated_input() {
     for n in 0..pci_crs.len() {
         assert_eq!(resources(&pci_crs[..n]), None, "crs cut at {n}");
     }
-    // Two terms, `Scope (\_SB_)` then `Name (_S5_)`: only a cut between
-    // them leaves whole terms.
+    // Three terms, `Scope (\_SB_)`, `Name (_S5_)` and the GED's
+    // `Scope (\_SB_)`: only a cut between two of them leaves whole terms.
     let s5 = dsdt.windows(4).rposition(|w| w == b"_S5_").unwrap() - 1;
+    let ged = dsdt.len() - ged_aml().len();
     for n in 1..dsdt.len() {
         let whole = named_objects(&dsdt[..n]).is_some();
-        assert_eq!(whole, n == s5, "dsdt cut at {n}");
+        assert_eq!(whole, n == s5 || n == ged, "dsdt cut at {n}");
     }
+}
+
+#[test]
+fn ged_notifies_the_power_button() {
+    let objs = named_objects(&dsdt_aml(windows())).expect("the dsdt decodes to its end");
+    assert_eq!(
+        *lookup(&objs, "\\_SB_.GED_._HID"),
+        Obj::Str("ACPI0013".into())
+    );
+    let ged_crs = crs(&objs, "\\_SB_.GED_._CRS");
+    let base = layout::ACPI_GED_START.0 as u32;
+    assert_eq!(
+        ged_crs,
+        vec![
+            Res::Irq(vec![layout::ACPI_GED_IRQ]),
+            Res::Mem32 { base, len: 1 }
+        ]
+    );
+    let region = lookup(&objs, "\\_SB_.GED_.GDST");
+    assert_eq!(
+        *region,
+        Obj::Region(0, layout::ACPI_GED_START.0, 1),
+        "system memory, one byte"
+    );
+    assert!(objs
+        .iter()
+        .any(|(n, o)| n == "\\_SB_.GED_.GDST" && *o == Obj::Field(vec![("GDAT".into(), 8)])));
+    let Obj::Method(flags, body) = lookup(&objs, "\\_SB_.GED_._EVT") else {
+        panic!("_EVT is not a method");
+    };
+    assert_eq!(flags & 7, 1, "one argument");
+    // Store(GDAT, Local0); If(And(Local0, bit)) { Notify(\_SB_.PWRB, 0x80) }
+    let has = |n: &[u8]| body.windows(n.len()).any(|w| w == n);
+    assert!(has(&[0x70]) && has(b"GDAT") && has(&[0x60]), "{body:02x?}");
+    assert!(
+        has(&[0x7b, 0x60, 0x0a, crate::devices::ged::EVENT_POWER_BUTTON]),
+        "{body:02x?}"
+    );
+    assert!(has(b"\\_SB_PWRB") || has(b"_SB_PWRB"), "{body:02x?}");
+    assert!(has(&[0x0a, 0x80]), "notify value 0x80: {body:02x?}");
+    // PNP0C0C as a compressed EISA id.
+    assert_eq!(*lookup(&objs, "\\_SB_.PWRB._HID"), Obj::Int(0x0c0c_d041));
 }

@@ -54,6 +54,10 @@ pub const PCI_MMIO32_SIZE: u64 = 0x3000_0000;
 pub const PCI_ECAM_START: GuestAddress = GuestAddress(0xf000_0000);
 /// ECAM size for one bus: 32 devices x 8 functions x 4 KiB.
 pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// The ACPI Generic Event Device's event register (power button).
+pub const ACPI_GED_START: GuestAddress = GuestAddress(0xfeb0_0000);
+/// Size of the GED register window.
+pub const ACPI_GED_SIZE: u64 = 0x1000;
 /// IOAPIC registers.
 pub const IOAPIC_START: GuestAddress = GuestAddress(0xfec0_0000);
 /// Local APIC registers.
@@ -75,6 +79,8 @@ pub const SERIAL_PORT: u16 = 0x3f8;
 pub const SERIAL_PORT_LEN: u16 = 8;
 /// ISA IRQ of COM1.
 pub const SERIAL_IRQ: u32 = 4;
+/// IOAPIC pin of the ACPI Generic Event Device.
+pub const ACPI_GED_IRQ: u32 = 5;
 /// i8042 keyboard controller data port; the status/command port is at +4.
 pub const I8042_PORT: u16 = 0x60;
 /// Number of i8042 ports emulated (0x60..=0x64).
@@ -233,7 +239,8 @@ const _: () = {
     assert!(ACPI_TABLES_START.0 < RESET_VECTOR.0);
     assert!(RESET_VECTOR.0 + 16 == BIOS_AREA_END.0);
     assert!(PCI_MMIO32_START.0 + PCI_MMIO32_SIZE <= PCI_ECAM_START.0);
-    assert!(PCI_ECAM_START.0 + PCI_ECAM_SIZE <= IOAPIC_START.0);
+    assert!(PCI_ECAM_START.0 + PCI_ECAM_SIZE <= ACPI_GED_START.0);
+    assert!(ACPI_GED_START.0 + ACPI_GED_SIZE <= IOAPIC_START.0);
     assert!(KVM_TSS_START.0 + 3 * 0x1000 <= RAM_64BIT_START.0);
 };
 
