@@ -293,3 +293,18 @@ fn a_move_onto_another_device_keeps_the_old_mapping_and_traps() {
     assert_eq!(b, [0x77; 4], "the other device keeps its range");
     assert_eq!(dev.lock().unwrap().trapped_ranges()[0].addr, old);
 }
+
+#[test]
+fn a_bar_move_with_debug_logging_does_not_lock_the_device_twice() {
+    // With debug logging on, the trap log line once locked the device that
+    // the move already held: a BAR move hung its vCPU.
+    log::set_max_level(log::LevelFilter::Debug);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (root, bus, _mapper, _dev) = on_a_root(fixture());
+        move_bar3(&root, W32 + 0x10_0000);
+        tx.send(trap_bases(&bus, &[W32 + 0x10_0000])).unwrap();
+    });
+    let moved = rx.recv_timeout(std::time::Duration::from_secs(10));
+    assert_eq!(moved.ok(), Some(vec![W32 + 0x10_0000]), "the move finished");
+}
