@@ -39,6 +39,21 @@ VF_DRIVERS=(igbvf ixgbevf iavf mlx5_core virtio_pci virtio_net)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build-initramfs.sh: error: %s\n' "$*" >&2; exit 1; }
+# need COMMAND PACKAGE: install PACKAGE (Debian) when COMMAND is missing.
+APT_UPDATED=0
+need() {
+    command -v "$1" >/dev/null && return 0
+    [[ $EUID -eq 0 ]] || die "$1 not found: run as root (to apt-get install $2) or install $2"
+    if ((APT_UPDATED == 0)); then
+        log "apt-get update"
+        apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    log "apt-get install $2 (for $1)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null ||
+        die "apt-get install $2 failed"
+    command -v "$1" >/dev/null || die "$1 still not found after installing $2"
+}
 usage() {
     sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
     exit "${1:-0}"
@@ -71,7 +86,8 @@ OUTPUT=$(cd "$(dirname "$OUTPUT")" && pwd)/$(basename "$OUTPUT")
 if [[ -n $MODULES_FOR ]]; then
     [[ -d $KMOD_ROOT/lib/modules/$MODULES_FOR ]] ||
         die "no $KMOD_ROOT/lib/modules/$MODULES_FOR (install linux-image-$MODULES_FOR or pass --kmod-root)"
-    command -v modprobe >/dev/null || die "modprobe not found (apt-get install kmod)"
+    need modprobe kmod
+    need depmod kmod
     # A linux-image .deb unpacked by hand has no modules.dep (its postinst
     # runs depmod): generate it.
     if [[ ! -e $KMOD_ROOT/lib/modules/$MODULES_FOR/modules.dep ]]; then
@@ -99,12 +115,10 @@ fi
 # --- Busybox -----------------------------------------------------------------
 # Debian's busybox-static is a single static binary with all the applets
 # /init needs (sh, mount, ip, udhcpc, insmod, setsid, cttyhack, poweroff).
-if [[ ! -x $BUSYBOX ]]; then
-    [[ $EUID -eq 0 ]] || die "$BUSYBOX missing; run as root or: apt-get install busybox-static"
-    log "apt-get install busybox-static"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+if [[ ! -x $BUSYBOX && $BUSYBOX == /bin/busybox ]]; then
+    need busybox busybox-static
 fi
+[[ -x $BUSYBOX ]] || die "$BUSYBOX missing (apt-get install busybox-static, or set BUSYBOX=)"
 # (Outputs are captured first: `cmd | grep -q` can fail under pipefail when
 # grep exits early and cmd gets SIGPIPE.)
 if command -v readelf >/dev/null &&
@@ -115,7 +129,14 @@ applets=$("$BUSYBOX" --list)
 for applet in sh mount ip udhcpc insmod setsid cttyhack poweroff; do
     grep -qx "$applet" <<<"$applets" || die "$BUSYBOX lacks the '$applet' applet"
 done
-command -v cpio >/dev/null || die "cpio not found (apt-get install cpio)"
+need cpio cpio
+need gzip gzip
+for ko in ${MODULES[@]+"${MODULES[@]}"}; do
+    case $ko in
+    *.ko.xz) need xz xz-utils ;;
+    *.ko.zst) need zstd zstd ;;
+    esac
+done
 
 # --- Staging tree ----------------------------------------------------------------
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/vflaunch-initramfs.XXXXXX")

@@ -1,31 +1,40 @@
 #!/usr/bin/env bash
 # Run a Linux guest under vflaunch: one command, also on a fresh machine.
 #
-#   guest/run.sh [--direct|--nested] [--poweroff] [vflaunch run options...]
+#   guest/run.sh [--direct|--nested] [--no-vf] [--debian-kernel] [--poweroff]
+#                [vflaunch run options...]
 #
-# What it does:
+# Every tool it needs is installed by it or by the scripts it calls (root is
+# needed the first time, for apt-get). What it does:
 #   1. cargo build --release (vflaunch),
-#   2. kernel: $KERNEL, else Debian's 6.12 kernel, downloaded and unpacked
-#      into target/hil/kernel by tests/hil/setup.sh (root needed the first
-#      time only, for apt-get),
+#   2. kernel: $KERNEL, else the project's guest kernel with the VF drivers
+#      built in (guest/build-kernel.sh --kernel guest: built once, ~5 min on 2
+#      cores, then reused from /var/cache/vflaunch/kernels), or with
+#      --debian-kernel Debian's 6.12 kernel, downloaded and unpacked into
+#      target/hil/kernel by tests/hil/setup.sh,
 #   3. initramfs: $INITRAMFS, else guest/build-initramfs.sh's busybox image
-#      (banner "vflaunch guest up", PCI list, DHCP, then a shell or power
-#      off). With Debian's kernel it also gets that kernel's VF driver modules
-#      (igbvf, ixgbevf, iavf, mlx5_core, virtio_net and their dependencies);
-#      a $KERNEL of your own is expected to have its drivers built in,
+#      (banner "vflaunch guest up", PCI list, DHCP on every ethX, then a shell
+#      or power off). With Debian's kernel it also gets that kernel's VF
+#      driver modules (igbvf, ixgbevf, iavf, mlx5_core, virtio_net and their
+#      dependencies),
 #   4. boots it:
 #      --direct  `vflaunch run` on this machine's /dev/kvm. The serial
 #                console is this terminal; Ctrl-A x quits.
-#      --nested  inside a QEMU TCG "L1" (the tests/hil rig without the NIC):
-#                QEMU emulates a CPU with SVM, L1 loads kvm_amd and runs
-#                vflaunch on its serial console, which QEMU connects to this
-#                terminal. For hosts whose KVM cannot boot Linux, or that
-#                have no /dev/kvm. Slow (everything is emulated): ~5 s until
-#                L1 starts vflaunch, ~10 s more to the guest's shell. Ctrl-A x
+#      --nested  inside a QEMU TCG "L1" (the tests/hil rig): QEMU emulates a
+#                CPU with SVM, an intel-iommu and an igb NIC with SR-IOV; L1
+#                (Debian's kernel) loads kvm_amd, binds the NIC's VF0 to
+#                vfio-pci and runs vflaunch with that VF on its serial console,
+#                which QEMU connects to this terminal. The guest's igbvf drives
+#                the VF and gets a DHCP lease through it from QEMU's user
+#                network. For hosts whose KVM cannot boot Linux, or that have
+#                no /dev/kvm. Slow (everything is emulated): ~10 s until L1
+#                starts vflaunch, ~10 s more to the guest's shell. Ctrl-A x
 #                quits (QEMU's escape here; Ctrl-A c is QEMU's monitor).
 #      neither   --direct if a short probe boot on /dev/kvm works, else
 #                --nested; one line says which and why (see probe_direct).
-#   --poweroff   same as GUEST_POWEROFF=1.
+#   --no-vf          --nested without the emulated NIC and VF
+#   --debian-kernel  Debian's kernel + modules instead of the project's kernel
+#   --poweroff       same as GUEST_POWEROFF=1.
 #
 # Everything else goes to `vflaunch run` (see `vflaunch run --help`):
 # --memory, --cpus, --cmdline, --device, ... `--kernel X`/`--initramfs X`
@@ -45,9 +54,7 @@
 #   GUEST_TIMEOUT        seconds before the run is killed (exit 124); default
 #                        600 when stdin is not a terminal, else 0 = no limit
 #   GUEST_PROBE_TIMEOUT  seconds the auto-mode probe may take (default 15)
-#   GUEST_NESTED_VF      1 = --nested with an emulated igb SR-IOV NIC and
-#                        intel-iommu in L1; VF0 is passed to the guest (as in
-#                        tests/hil; the guest DHCPs through QEMU's slirp)
+#   GUEST_NESTED_VF      0 = same as --no-vf (default 1)
 #   GUEST_L1_ARGS        extra L1 kernel args (default "quiet"; "loglevel=7"
 #                        shows L1's boot log)
 #   GUEST_SKIP_BUILD     1 = no cargo, use the existing target/release/vflaunch
@@ -56,10 +63,10 @@
 #   RUST_LOG             vflaunch's log filter, passed into L1 as well
 #
 # Examples:
-#   guest/run.sh                                  # shell in the guest
+#   bash guest/run.sh                             # shell in the guest (nested here: with a VF and a lease)
 #   guest/run.sh --memory 1G --cpus 2 --device 0000:03:02.1
-#   CI=true guest/run.sh --nested </dev/null      # banner, power off, exit 0
-#   KERNEL=guest/build/bzImage guest/run.sh --direct --cmdline "console=ttyS0 earlyprintk=serial"
+#   CI=true guest/run.sh --nested </dev/null      # banner, lease, power off, exit 0
+#   KERNEL=my/bzImage guest/run.sh --direct --cmdline "console=ttyS0 earlyprintk=serial"
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -77,10 +84,14 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0
 # --- command line --------------------------------------------------------------
 MODE=auto
 POWEROFF=${GUEST_POWEROFF:-}
+GUEST_NESTED_VF=${GUEST_NESTED_VF:-1}
+DEBIAN_KERNEL=0
 while (($#)); do
     case $1 in
     --direct | --nested) MODE=${1#--} ;;
     --poweroff) POWEROFF=1 ;;
+    --no-vf) GUEST_NESTED_VF=0 ;;
+    --debian-kernel) DEBIAN_KERNEL=1 ;;
     -h | --help) usage 0 ;;
     *) break ;; # the rest is for vflaunch run
     esac
@@ -133,8 +144,6 @@ if [ -z "$POWEROFF" ]; then
 fi
 if [ "$INTERACTIVE" = 1 ]; then GUEST_TIMEOUT=${GUEST_TIMEOUT:-0}; else GUEST_TIMEOUT=${GUEST_TIMEOUT:-600}; fi
 GUEST_PROBE_TIMEOUT=${GUEST_PROBE_TIMEOUT:-15}
-GUEST_NESTED_VF=${GUEST_NESTED_VF:-0}
-[ "$GUEST_NESTED_VF" = 0 ] || MODE=nested
 for n in "$GUEST_TIMEOUT" "$GUEST_PROBE_TIMEOUT"; do
     [[ $n =~ ^[0-9]+$ ]] || die "GUEST_TIMEOUT and GUEST_PROBE_TIMEOUT take whole seconds, not '$n'" 2
 done
@@ -150,7 +159,7 @@ fi
 
 no_devices_nested() {
     if [ "$DEVICE_ARGS" = 1 ]; then
-        die "--device names a PCI device of this machine, which the nested L1 does not have (GUEST_NESTED_VF=1 gives L1 an emulated igb VF for the guest)" 2
+        die "--device names a PCI device of this machine, which the nested L1 does not have (there the guest gets L1's emulated igb VF; --no-vf turns that off)" 2
     fi
 }
 [ "$MODE" != nested ] || no_devices_nested
@@ -168,34 +177,48 @@ fi
 [ -x "$VFL" ] || die "$VFL does not exist: build it first or unset GUEST_SKIP_BUILD"
 
 # --- 2. kernel, 3. initramfs -------------------------------------------------------
-# tests/hil/setup.sh provides Debian's kernel (needed unless $KERNEL is given;
-# always for --nested, whose L1 runs it) and QEMU (--nested only), plus
-# busybox-static and cpio for the initramfs. It is idempotent and quick
+# The kernel: $KERNEL; else with --debian-kernel Debian's 6.12 kernel, which
+# tests/hil/setup.sh downloads and unpacks; else (the default) the project's
+# guest kernel with the VF drivers built in, from guest/build-kernel.sh
+# (cached in /var/cache/vflaunch/kernels; the first build takes ~5 minutes).
+# setup.sh also provides QEMU and Debian's kernel for --nested (L1 runs it),
+# and busybox-static and cpio for the initramfs; it is idempotent and quick
 # (< 1 s) once everything is there.
 setup() { # [setup.sh options]
     bash "$HIL/setup.sh" "$@" 2>&1 | sed 's/^/[guest] /' >&2
 }
-KERNEL_GIVEN=0
-[ -z "$KERNEL" ] || KERNEL_GIVEN=1
+KERNEL_KIND=given
+if [ -z "$KERNEL" ]; then
+    if [ "$DEBIAN_KERNEL" = 1 ]; then KERNEL_KIND=debian; else KERNEL_KIND=project; fi
+fi
 if [ "$MODE" = nested ]; then
     setup
-elif [ "$KERNEL_GIVEN" = 0 ]; then
+elif [ "$KERNEL_KIND" = debian ]; then
     setup --no-qemu
-elif [ -z "$INITRAMFS" ]; then
+else
     setup --no-qemu --no-kernel
 fi
 # shellcheck source=tests/hil/lib.sh
 . "$HIL/lib.sh"
-if [ "$KERNEL_GIVEN" = 0 ]; then
+case $KERNEL_KIND in
+debian)
     hil_kernel # KDIR, KV, MODDIR
     KERNEL=$KDIR/boot/vmlinuz-$KV
-fi
+    ;;
+project)
+    say "guest kernel: guest/build-kernel.sh --kernel guest (reused from its cache when built before)"
+    kres=$(bash "$HERE/build-kernel.sh" --kernel guest 2> >(sed 's/^/[guest] /' >&2) | tail -n1) ||
+        die "guest/build-kernel.sh failed (see above; --debian-kernel boots Debian's kernel instead)"
+    KERNEL=$kres/bzImage
+    ;;
+esac
 [ -r "$KERNEL" ] || die "kernel $KERNEL not found"
 KERNEL=$(realpath "$KERNEL")
+say "kernel: $KERNEL ($KERNEL_KIND)"
 
 if [ -z "$INITRAMFS" ]; then
     mods=()
-    if [ "$KERNEL_GIVEN" = 0 ]; then
+    if [ "$KERNEL_KIND" = debian ]; then
         INITRAMFS=$GUEST_WORK/initramfs-$KV.cpio.gz
         mods=(--modules-for "$KV" --kmod-root "$KDIR")
     else

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use crate::api::client;
 use crate::cli::{
-    ApiArgs, BindArgs, CheckArgs, Cli, Command, ControlArgs, DoctorArgs, PingArgs, RunArgs,
+    ApiArgs, BindArgs, CheckArgs, Cli, Command, ControlArgs, DoctorArgs, ManArgs, PingArgs, RunArgs,
 };
 use crate::control::{request_for, ControlError, Controller, Options};
 use crate::error::{error_chain, exit_code};
+use crate::generate::{self, GenerateError};
 use crate::host::backend::Preopened;
 use crate::host::checks::HostPaths;
 use crate::host::preflight::{self, Request};
@@ -39,6 +40,9 @@ pub enum Error {
     /// A body file for `vflaunch api` could not be read.
     #[error("cannot read the request body file {0}")]
     BodyFile(String, #[source] crate::bounded::ReadError),
+    /// A man page or completion script could not be written.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
     /// No subcommand and no API socket.
     #[error("nothing to do: give a subcommand (run, check, doctor, bind, unbind, ping, api) or --api-socket PATH")]
     NothingToDo,
@@ -55,7 +59,9 @@ impl Error {
                 exit_code::USAGE
             }
             Error::Host(_) | Error::Bind(_) => exit_code::HOST,
-            Error::Control(_) | Error::Vmm(_) | Error::Client(_) => exit_code::VMM,
+            Error::Control(_) | Error::Vmm(_) | Error::Client(_) | Error::Generate(_) => {
+                exit_code::VMM
+            }
         }
     }
 }
@@ -177,6 +183,14 @@ fn api(args: ApiArgs) -> Result<i32, Error> {
     })
 }
 
+fn man(args: ManArgs) -> Result<i32, Error> {
+    match &args.dir {
+        Some(dir) => generate::man_pages_to(dir)?,
+        None => generate::man_page(&mut std::io::stdout().lock())?,
+    }
+    Ok(exit_code::OK)
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn execute(cli: Cli) -> i32 {
     let env = intake::process_env();
@@ -188,6 +202,12 @@ pub fn execute(cli: Cli) -> i32 {
         Some(Command::Doctor(args)) => Ok(doctor(args)),
         Some(Command::Bind(args)) => bind(args, true),
         Some(Command::Unbind(args)) => bind(args, false),
+        Some(Command::Completions(args)) => {
+            generate::completions(args.shell, &mut std::io::stdout().lock())
+                .map(|()| exit_code::OK)
+                .map_err(Error::from)
+        }
+        Some(Command::Man(args)) => man(args),
         None if cli.control.api_socket.is_some() => {
             Controller::new(options(&cli.control), HostPaths::default())
                 .map(Controller::run_api)

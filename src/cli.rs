@@ -81,6 +81,19 @@ pub struct Cli {
     /// The controls of an API-driven VMM (the launch line of Kata's clh driver).
     #[command(flatten)]
     pub control: ControlArgs,
+    /// Log lines on stderr as text, or as JSON for log collectors: one object per line
+    /// with time, level, message, target (the module) and thread (vcpuN for a vCPU)
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", env = "VFLAUNCH_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `[LEVEL] message`, for people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 impl Cli {
@@ -137,6 +150,26 @@ pub enum Command {
     Ping(PingArgs),
     /// Send one API request to a running vflaunch and print the answer
     Api(ApiArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(CompletionsArgs),
+    /// Print the vflaunch(1) man page (roff), or write every page into --dir
+    Man(ManArgs),
+}
+
+/// Arguments of `vflaunch completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell, e.g. bash: `source <(vflaunch completions bash)`
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `vflaunch man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write vflaunch.1 and one page per subcommand (vflaunch-run.1, ...) into this directory
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Arguments of `vflaunch ping`.

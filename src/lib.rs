@@ -19,6 +19,7 @@ mod devices;
 mod error;
 mod events;
 mod exit;
+mod generate;
 mod host;
 mod intake;
 mod interrupts;
@@ -41,4 +42,4 @@ mod vmm;
 pub mod fuzzing;
 
 pub use app::execute;
-pub use cli::Cli;
+pub use cli::{Cli, LogFormat};

@@ -28,6 +28,8 @@ install_test_tools target/tools
 echo "== cargo test"
 status=0
 VFLAUNCH_SKIP_LOG=$skip_log cargo test 2>&1 | tee "$cargo_log" || status=$?
+echo "== deployment resources: tests/deploy/run.sh"
+VFLAUNCH_SKIP_LOG=$skip_log bash tests/deploy/run.sh 2>&1 | tee -a "$cargo_log" || status=$?
 if ((status != 0)); then
     test_summary "$cargo_log" "$skip_log" "not run" "$status"
     exit "$status"

@@ -37,11 +37,11 @@ add_modules() {
     done
 }
 
-# Copy a dynamically linked ELF plus the libraries ldd reports (and ld-linux)
-# into the image, at the same paths.
+# Copy a dynamically linked ELF into the image's /bin (as $3 if given), plus
+# the libraries ldd reports (and ld-linux), at the same paths.
 add_elf() {
     local root=$1 elf=$2 lib
-    install -D -m 755 "$elf" "$root/bin/$(basename "$elf")"
+    install -D -m 755 "$elf" "$root/bin/${3:-$(basename "$elf")}"
     for lib in $(ldd "$elf" | grep -o '/[^ ]*' | sort -u); do
         # 755: the kernel refuses to exec an ELF interpreter (ld-linux) without x.
         install -D -m 755 "$(readlink -f "$lib")" "$root$lib"
