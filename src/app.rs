@@ -42,7 +42,7 @@ pub enum Error {
     Tap(#[from] crate::virtio::tap::TapError),
     /// A body file for `vflaunch api` could not be read.
     #[error("cannot read the request body file {0}")]
-    BodyFile(String, #[source] std::io::Error),
+    BodyFile(String, #[source] crate::bounded::ReadError),
     /// A man page or completion script could not be written.
     #[error(transparent)]
     Generate(#[from] GenerateError),
@@ -102,6 +102,7 @@ fn check(args: CheckArgs, env: &[(String, String)]) -> Result<i32, Error> {
         devices: &devices,
         memory: args.memory,
         allow_unsafe_interrupts: args.allow_unsafe_interrupts,
+        hugepages: args.hugepages,
         backend: args.vfio_backend.unwrap_or_default(),
         preopened: &preopened,
     };
@@ -157,8 +158,12 @@ fn api(args: ApiArgs) -> Result<i32, Error> {
         Some(b) if b.starts_with('@') => {
             let path = &b[1..];
             Some(
-                crate::host::read::read_capped(path)
-                    .map_err(|e| Error::BodyFile(path.to_string(), e))?,
+                crate::bounded::read_text(
+                    std::path::Path::new(path),
+                    crate::bounded::BODY_MAX,
+                    crate::bounded::Kind::Regular,
+                )
+                .map_err(|e| Error::BodyFile(path.to_string(), e))?,
             )
         }
         other => other.map(str::to_string),

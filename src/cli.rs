@@ -377,9 +377,13 @@ pub struct CheckArgs {
     /// Device selection.
     #[command(flatten)]
     pub intake: DeviceArgs,
-    /// Guest memory to check RLIMIT_MEMLOCK against, same format as `run --memory`
+    /// Guest memory to check RLIMIT_MEMLOCK and available host memory against, same
+    /// format as `run --memory`
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "512M")]
     pub memory: u64,
+    /// Check free 2 MiB huge pages for guest memory (see `run --hugepages`)
+    #[arg(long)]
+    pub hugepages: bool,
     /// Accept a host without interrupt remapping (see `run --allow-unsafe-interrupts`)
     #[arg(long)]
     pub allow_unsafe_interrupts: bool,

@@ -253,9 +253,10 @@ fn check_args() {
     let env = [("PCIDEVICE_A", "0000:03:02.1")];
     let (check, devices) = f.check("", &env);
     assert_eq!(
-        (check.memory, check.allow_unsafe_interrupts),
-        (DEFAULT_MEMORY, false)
+        (check.memory, check.allow_unsafe_interrupts, check.hugepages),
+        (DEFAULT_MEMORY, false, false)
     );
+    assert!(f.check("--hugepages", &env).0.hugepages);
     assert_eq!(devices, bdfs(&["0000:03:02.1"]));
     let (check, devices) = f.check("--device 4:0.0 --memory 2G --allow-unsafe-interrupts", &env);
     assert_eq!(

@@ -35,14 +35,15 @@ pub enum ConfigError {
     /// A size does not fit in 64 bits.
     #[error("size {0:?} is too large")]
     SizeTooLarge(String),
-    /// The config file could not be read.
+    /// The config file could not be read (missing, not a regular file,
+    /// over the size cap, not text).
     #[error("cannot read config file {path}: check the --config path")]
     ReadFile {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: crate::bounded::ReadError,
     },
     /// The config file's JSON is malformed or has an unknown field.
     #[error("invalid VM config JSON in {path}: fields are kernel, initramfs, cmdline, memory, cpus, devices, hugepages, allow_unsafe_interrupts, vfio_backend, rng, disks, vsock, net")]
@@ -92,12 +93,17 @@ pub enum ConfigError {
     /// The kernel command line is too long.
     #[error("kernel command line is {0} bytes: keep it under {MAX_CMDLINE_LEN}")]
     CmdlineTooLong(usize),
+    /// The kernel command line has a character the boot protocol cannot carry.
+    #[error("kernel command line has the character {ch:?} at byte {at}: use printable ASCII only, with parameters separated by spaces")]
+    CmdlineChar {
+        /// The character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+    },
     /// A `--serial` value that is not a mode.
     #[error("--serial {0:?}: use tty, null, off, file=PATH or socket=PATH")]
     Serial(String),
-    /// The kernel command line contains a NUL byte.
-    #[error("kernel command line contains a NUL byte: remove it")]
-    CmdlineNul,
     /// A virtio device option.
     #[error(transparent)]
     Virtio(#[from] crate::virtio::options::OptionError),
@@ -197,12 +203,15 @@ fn de_memory<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
 }
 
 impl FileConfig {
-    /// Reads and parses a JSON config file.
+    /// Reads and parses a JSON config file: a regular file of at most
+    /// [`crate::bounded::CONFIG_MAX`] bytes.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        use crate::bounded::{read_text, Kind, CONFIG_MAX};
+        let text =
+            read_text(path, CONFIG_MAX, Kind::Regular).map_err(|source| ConfigError::ReadFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
         serde_json::from_str(&text).map_err(|source| ConfigError::JsonFile {
             path: path.to_path_buf(),
             source,
@@ -313,8 +322,16 @@ impl VmConfig {
         if self.cmdline.len() >= MAX_CMDLINE_LEN {
             return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
         }
-        if self.cmdline.contains('\0') {
-            return Err(ConfigError::CmdlineNul);
+        // What the loader takes: leading and trailing white space is
+        // trimmed, the rest must be printable ASCII.
+        let lead = self.cmdline.len() - self.cmdline.trim_start().len();
+        if let Some((i, ch)) = self
+            .cmdline
+            .trim()
+            .char_indices()
+            .find(|&(_, c)| !matches!(c, ' '..='~'))
+        {
+            return Err(ConfigError::CmdlineChar { ch, at: lead + i });
         }
         self.virtio.validate()?;
         Ok(())

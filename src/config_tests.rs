@@ -1,3 +1,5 @@
+//! Tests for sizes, the JSON config file and validation.
+
 use super::*;
 
 const MIB: u64 = 1 << 20;
@@ -184,6 +186,19 @@ fn validate_checks_ranges() {
     ));
     assert!(matches!(
         check(&|c| c.cmdline = "a\0b".into()),
-        ConfigError::CmdlineNul
+        ConfigError::CmdlineChar { ch: '\0', at: 1 }
     ));
+    let err = check(&|c| c.cmdline = " console=ttyS0\tquiet".into());
+    assert!(
+        matches!(err, ConfigError::CmdlineChar { ch: '\t', at: 14 }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("printable ASCII"), "{err}");
+    assert!(matches!(
+        check(&|c| c.cmdline = "root=/dev/vda é".into()),
+        ConfigError::CmdlineChar { ch: 'é', .. }
+    ));
+    let mut ok = base.clone();
+    ok.cmdline = "console=ttyS0 quiet\n".into();
+    ok.validate().unwrap();
 }

@@ -3,7 +3,6 @@
 //! and KubeVirt's downward-API `network-info` file.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -35,14 +34,37 @@ pub enum IntakeError {
         #[source]
         source: PciAddrError,
     },
-    /// The network-info file could not be read.
+    /// A device variable is set but lists no address: the pod asked for a
+    /// device and did not get one.
+    #[error("{0} is set but lists no PCI address: the pod did not get the device it asked for; check the device plugin's allocation (or unset the variable)")]
+    EmptyDeviceVar(String),
+    /// A `PCIDEVICE_*_INFO` value is neither the device plugin's JSON
+    /// object nor an address list.
+    #[error("{var} is bad _INFO JSON ({found}): the device plugin sets it to a JSON object like {{\"0000:03:02.1\": {{...}}}}")]
+    InfoJson {
+        /// The variable name.
+        var: String,
+        /// What it holds instead.
+        found: &'static str,
+    },
+    /// A problem in a network-info file.
+    #[error("network-info file {path}")]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// The problem.
+        #[source]
+        source: Box<IntakeError>,
+    },
+    /// The network-info file could not be read (missing, not a regular
+    /// file, over the size cap, not text).
     #[error("cannot read network-info file {path}: check --network-info or the pod's downward-API volume")]
     ReadNetworkInfo {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: crate::bounded::ReadError,
     },
     /// The network-info document is not valid JSON.
     #[error("network-info is not valid JSON: expected {{\"interfaces\": [...]}} or {{\"<network>\": \"<pci address>\"}}")]
@@ -87,9 +109,10 @@ pub fn process_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Splits a comma-separated address list, tolerating spaces and empty items.
+/// Splits a comma-separated address list, tolerating spaces and empty
+/// items; a list with no address at all is an error.
 fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
-    value
+    let list = value
         .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
@@ -100,7 +123,25 @@ fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
                 source,
             })
         })
-        .collect()
+        .collect::<Result<Vec<Bdf>, _>>()?;
+    if list.is_empty() {
+        return Err(IntakeError::EmptyDeviceVar(var.to_string()));
+    }
+    Ok(list)
+}
+
+/// What a `_INFO` value that is not an object holds, for the message.
+fn json_kind(value: &str) -> &'static str {
+    match serde_json::from_str::<Value>(value) {
+        Ok(Value::Array(_)) => "an array",
+        Ok(Value::String(_)) => "a string",
+        Ok(Value::Number(_)) => "a number",
+        Ok(Value::Bool(_)) => "a boolean",
+        Ok(Value::Null) => "null",
+        Ok(Value::Object(_)) => "an object",
+        Err(_) if value.trim().is_empty() => "empty",
+        Err(_) => "not JSON",
+    }
 }
 
 /// Reads device addresses from `PCIDEVICE_<PREFIX>_<RESOURCE>` (SR-IOV
@@ -110,7 +151,10 @@ fn parse_list(var: &str, value: &str) -> Result<Vec<Bdf>, IntakeError> {
 /// `PCIDEVICE_*_INFO` variables whose value is a JSON object are not
 /// address lists and are skipped: they name the VFIO group node the device
 /// plugin mounted, which is always `/dev/vfio/<group>` (the node vfio-ioctls
-/// opens), and pre-flight checks that node. Other variables are ignored.
+/// opens), and pre-flight checks that node. An `_INFO` value that is
+/// neither an object nor an address list (a resource may be called "info")
+/// is bad `_INFO` JSON. A device variable that is set but lists no address
+/// is an error: the pod asked for a device. Other variables are ignored.
 pub fn devices_from_env<I: IntoIterator<Item = (String, String)>>(
     vars: I,
 ) -> Result<EnvDevices, IntakeError> {
@@ -123,10 +167,18 @@ pub fn devices_from_env<I: IntoIterator<Item = (String, String)>>(
     let mut devices: Vec<EnvDevice> = Vec::new();
     for (name, value) in &vars {
         // A resource may itself be called "info"; only JSON values are info.
-        if name.ends_with(INFO_SUFFIX) && value.trim_start().starts_with('{') {
-            continue;
-        }
-        for bdf in parse_list(name, value)? {
+        let list = if name.ends_with(INFO_SUFFIX) {
+            if value.trim_start().starts_with('{') {
+                continue;
+            }
+            parse_list(name, value).map_err(|_| IntakeError::InfoJson {
+                var: name.clone(),
+                found: json_kind(value),
+            })?
+        } else {
+            parse_list(name, value)?
+        };
+        for bdf in list {
             if !devices.iter().any(|d| d.bdf == bdf) {
                 devices.push(EnvDevice {
                     bdf,
@@ -166,19 +218,26 @@ pub fn devices_from_network_info(json: &str) -> Result<Vec<(String, Bdf)>, Intak
     match map.get("interfaces") {
         Some(Value::Array(interfaces)) => {
             let mut out = Vec::new();
-            for iface in interfaces {
-                let info = iface.get("deviceInfo");
-                let kind = info.and_then(|i| i.get("type")).and_then(Value::as_str);
-                if kind.is_some_and(|k| k != "pci") {
+            for (n, iface) in interfaces.iter().enumerate() {
+                let network = iface.get("network").and_then(Value::as_str).unwrap_or("");
+                let Some(info) = iface.get("deviceInfo") else {
+                    continue; // the pod network, or another non-device interface
+                };
+                let kind = info.get("type");
+                if kind.is_some_and(|k| k != "pci") || (kind.is_none() && info.get("pci").is_none())
+                {
                     continue;
                 }
-                let addr = info
-                    .and_then(|i| i.get("pci"))
-                    .and_then(|p| p.get("pci-address"))
-                    .and_then(Value::as_str);
-                if let Some(addr) = addr {
-                    let network = iface.get("network").and_then(Value::as_str).unwrap_or("");
-                    out.push(parse(network, addr)?);
+                // A PCI interface must carry its address: one without would
+                // boot the VM without its NIC.
+                let addr = info.get("pci").and_then(|p| p.get("pci-address"));
+                match addr.and_then(Value::as_str) {
+                    Some(addr) => out.push(parse(network, addr)?),
+                    None => {
+                        return Err(IntakeError::NetworkInfoShape(format!(
+                            "interface {n} (network {network:?}) is a PCI device without a \"pci-address\" string"
+                        )))
+                    }
                 }
             }
             Ok(out)
@@ -198,174 +257,22 @@ pub fn devices_from_network_info(json: &str) -> Result<Vec<(String, Bdf)>, Intak
     }
 }
 
-/// Reads and parses a network-info file (see [`devices_from_network_info`]).
+/// Reads and parses a network-info file (see [`devices_from_network_info`]):
+/// a regular file of at most [`crate::bounded::NETWORK_INFO_MAX`] bytes.
 pub fn devices_from_network_info_file(path: &Path) -> Result<Vec<(String, Bdf)>, IntakeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| IntakeError::ReadNetworkInfo {
-        path: path.to_path_buf(),
-        source,
+    use crate::bounded::{read_text, Kind, NETWORK_INFO_MAX};
+    let text = read_text(path, NETWORK_INFO_MAX, Kind::Regular).map_err(|source| {
+        IntakeError::ReadNetworkInfo {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
-    devices_from_network_info(&text)
+    devices_from_network_info(&text).map_err(|e| IntakeError::InFile {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn addrs(env: &EnvDevices) -> Vec<String> {
-        env.devices.iter().map(|d| d.bdf.to_string()).collect()
-    }
-
-    #[test]
-    fn reads_device_plugin_and_kubevirt_vars_sorted_and_deduplicated() {
-        let env = devices_from_env(vars(&[
-            (
-                "PCIDEVICE_INTEL_COM_SRIOV_B",
-                "0000:03:04.3, ,0000:03:02.1,",
-            ),
-            ("PATH", "/usr/bin"),
-            ("PCIDEVICE_INTEL_COM_SRIOV_A", " 0000:03:02.1 ,0000:03:02.2"),
-            ("PCI_RESOURCE_NVIDIA_COM_GPU", "0000:65:00.0"),
-            ("MDEV_PCI_RESOURCE_X", "not-an-address"),
-            ("KUBEVIRT_RESOURCE_NAME_net1", "intel.com/sriov"),
-            ("PCIDEVICE_EMPTY", ""),
-        ]))
-        .unwrap();
-        assert_eq!(
-            addrs(&env),
-            [
-                "0000:03:02.1",
-                "0000:03:02.2",
-                "0000:03:04.3",
-                "0000:65:00.0"
-            ]
-        );
-        assert_eq!(env.devices[0].source, "PCIDEVICE_INTEL_COM_SRIOV_A");
-        assert_eq!(env.devices[2].source, "PCIDEVICE_INTEL_COM_SRIOV_B");
-        assert_eq!(env.devices[3].source, "PCI_RESOURCE_NVIDIA_COM_GPU");
-    }
-
-    #[test]
-    fn no_vars_means_no_devices() {
-        assert_eq!(
-            devices_from_env(vars(&[("HOME", "/root")])).unwrap(),
-            EnvDevices::default()
-        );
-    }
-
-    #[test]
-    fn bad_address_names_variable_and_item() {
-        let err =
-            devices_from_env(vars(&[("PCIDEVICE_X", "0000:03:02.1,0000:03:02.9")])).unwrap_err();
-        match &err {
-            IntakeError::BadAddress { var, item, .. } => {
-                assert_eq!(
-                    (var.as_str(), item.as_str()),
-                    ("PCIDEVICE_X", "0000:03:02.9")
-                );
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        let msg = err.to_string();
-        assert!(
-            msg.contains("PCIDEVICE_X") && msg.contains("0000:03:02.9"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn info_vars_are_not_address_lists() {
-        let env = devices_from_env(vars(&[
-            ("PCIDEVICE_INTEL_COM_A", "0000:3b:02.6"),
-            (
-                "PCIDEVICE_INTEL_COM_A_INFO",
-                r#"{"0000:3b:02.6":{"vfio":{"mount":"/dev/vfio/42"}}}"#,
-            ),
-            ("PCIDEVICE_INTEL_COM_B_INFO", "{\"0000:3b:02.7\":"), // even malformed
-        ]))
-        .unwrap();
-        assert_eq!(addrs(&env), ["0000:3b:02.6"]);
-    }
-
-    #[test]
-    fn resource_named_info_is_still_a_list() {
-        let env =
-            devices_from_env(vars(&[("PCIDEVICE_EXAMPLE_COM_INFO", "0000:03:02.1")])).unwrap();
-        assert_eq!(addrs(&env), ["0000:03:02.1"]);
-    }
-
-    #[test]
-    fn network_info_current_form() {
-        let json = r#"{"interfaces":[
-            {"network":"foo","deviceInfo":{"type":"pci","version":"1.0.0","pci":{"pci-address":"0000:65:00.2"}},"mac":"02:00:00:00:00:01","mtu":1500},
-            {"network":"pod","mac":"02:00:00:00:00:02"},
-            {"network":"vdpa","deviceInfo":{"type":"vdpa","vdpa":{"parent-device":"x"}}},
-            {"network":"bar","deviceInfo":{"type":"pci","pci":{"pci-address":"0000:65:00.3"}}}
-        ]}"#;
-        let got = devices_from_network_info(json).unwrap();
-        assert_eq!(
-            got,
-            [
-                ("foo".to_string(), "0000:65:00.2".parse().unwrap()),
-                ("bar".to_string(), "0000:65:00.3".parse().unwrap())
-            ]
-        );
-    }
-
-    #[test]
-    fn network_info_old_map_form() {
-        let got =
-            devices_from_network_info(r#"{"net2":"0000:04:02.6","net1":"0000:04:02.5"}"#).unwrap();
-        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["net1", "net2"]);
-        assert_eq!(got[0].1.to_string(), "0000:04:02.5");
-        assert!(devices_from_network_info(" \n").unwrap().is_empty());
-        assert!(devices_from_network_info(r#"{"interfaces":[]}"#)
-            .unwrap()
-            .is_empty());
-    }
-
-    #[test]
-    fn network_info_errors() {
-        assert!(matches!(
-            devices_from_network_info("{"),
-            Err(IntakeError::NetworkInfoJson(_))
-        ));
-        assert!(matches!(
-            devices_from_network_info("[]"),
-            Err(IntakeError::NetworkInfoShape(_))
-        ));
-        assert!(matches!(
-            devices_from_network_info(r#"{"interfaces":{}}"#),
-            Err(IntakeError::NetworkInfoShape(_))
-        ));
-        assert!(matches!(
-            devices_from_network_info(r#"{"net1":5}"#),
-            Err(IntakeError::NetworkInfoShape(_))
-        ));
-        let err = devices_from_network_info(
-            r#"{"interfaces":[{"network":"foo","deviceInfo":{"type":"pci","pci":{"pci-address":"65:00"}}}]}"#,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(&err, IntakeError::NetworkInfoAddress { network, item, .. } if network == "foo" && item == "65:00")
-        );
-    }
-
-    #[test]
-    fn network_info_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("network-info");
-        std::fs::write(&path, r#"{"net1":"0000:04:02.5"}"#).unwrap();
-        assert_eq!(devices_from_network_info_file(&path).unwrap().len(), 1);
-        assert!(matches!(
-            devices_from_network_info_file(&dir.path().join("missing")),
-            Err(IntakeError::ReadNetworkInfo { .. })
-        ));
-    }
-}
+#[path = "intake_tests.rs"]
+mod tests;

@@ -11,6 +11,7 @@
 mod api;
 mod app;
 mod arch;
+mod bounded;
 mod cli;
 mod config;
 mod control;
@@ -26,13 +27,21 @@ mod memory;
 mod pci;
 mod seccomp;
 mod sync;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 mod testing;
 mod vcpu;
 mod vfio;
 mod virtio;
 mod vm;
 mod vmm;
+
+/// Harnesses for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`):
+/// each takes the fuzzer's bytes, drives one guest-facing surface or one
+/// parser of outside input against the mock backend, and panics when an
+/// invariant breaks. Not an API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use app::execute;
 pub use cli::{Cli, LogFormat};

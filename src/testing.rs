@@ -1,5 +1,7 @@
-//! Test doubles shared by the unit tests: an interrupt router, a guest
-//! mapper and a VFIO device shaped like an igbvf VF, plus the skip report.
+//! Test doubles shared by the unit tests and the fuzz harnesses: an
+//! interrupt router, a guest mapper and a VFIO device shaped like an igbvf
+//! VF, plus the skip report.
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -84,23 +86,41 @@ impl MsiRouter for MockRouter {
     }
 }
 
-/// Records the memory slots a device asks for.
+/// Records the memory slots a device asks for; like KVM, refuses a slot
+/// that overlaps another one.
 #[derive(Default)]
 pub struct MockMapper {
     /// (guest address, length) per slot.
     pub slots: Mutex<Vec<(u64, u64)>>,
     /// (slot, new guest address) per move.
     pub moves: Mutex<Vec<(u32, u64)>>,
+    /// Guest addresses a slot may not move to (KVM refusing, e.g. EEXIST).
+    pub refuse: Mutex<Vec<u64>>,
 }
 
 impl GuestMapper for MockMapper {
     fn map_memory(&self, gpa: u64, len: u64, _host: u64) -> Result<u32, VmError> {
         let mut s = self.slots.lock().unwrap();
+        if s.iter().any(|&(g, l)| gpa < g + l && g < gpa + len) {
+            let e = kvm_ioctls::Error::new(libc::EEXIST);
+            return Err(VmError::Kvm("set a memory slot", e));
+        }
         s.push((gpa, len));
         Ok(s.len() as u32 - 1)
     }
 
     fn move_memory(&self, slot: u32, gpa: u64, len: u64, _host: u64) -> Result<(), VmError> {
+        let overlaps = self
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .any(|(i, &(g, l))| i != slot as usize && gpa < g + l && g < gpa + len);
+        if overlaps || self.refuse.lock().unwrap().contains(&gpa) {
+            let e = kvm_ioctls::Error::new(libc::EEXIST);
+            return Err(VmError::Kvm("set a memory slot", e));
+        }
         self.slots.lock().unwrap()[slot as usize] = (gpa, len);
         self.moves.lock().unwrap().push((slot, gpa));
         Ok(())
@@ -144,6 +164,14 @@ pub fn put(cfg: &mut [u8], off: usize, bytes: &[u8]) {
 }
 
 impl MockVfio {
+    /// A mock with the igbvf mock's regions and `cfg` as configuration space.
+    pub fn with_config(cfg: [u8; 4096]) -> Arc<Self> {
+        Arc::new(MockVfio {
+            cfg: Mutex::new(cfg),
+            log: Mutex::new(VfioLog::default()),
+        })
+    }
+
     /// The igbvf-shaped mock.
     pub fn igbvf() -> Arc<Self> {
         let mut c = [0u8; 4096];

@@ -23,7 +23,8 @@ pub enum VmError {
 pub trait GuestMapper: Send + Sync {
     /// Maps `len` bytes of host memory at `host` to guest address `gpa`; returns a slot.
     fn map_memory(&self, gpa: u64, len: u64, host: u64) -> Result<u32, VmError>;
-    /// Moves slot `slot` (the same host memory) to guest address `gpa`.
+    /// Moves slot `slot` (the same host memory) to guest address `gpa`; on
+    /// an error the slot is still where it was.
     fn move_memory(&self, slot: u32, gpa: u64, len: u64, host: u64) -> Result<(), VmError>;
 }
 
@@ -51,6 +52,8 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
 pub struct KvmGuestMapper {
     vm: Arc<VmFd>,
     next_slot: Mutex<u32>,
+    /// Where each slot is: (guest address, length).
+    placed: Mutex<std::collections::BTreeMap<u32, (u64, u64)>>,
 }
 
 impl KvmGuestMapper {
@@ -59,6 +62,7 @@ impl KvmGuestMapper {
         KvmGuestMapper {
             vm,
             next_slot: Mutex::new(0),
+            placed: Mutex::default(),
         }
     }
 
@@ -90,13 +94,26 @@ impl GuestMapper for KvmGuestMapper {
     fn map_memory(&self, gpa: u64, len: u64, host: u64) -> Result<u32, VmError> {
         let mut next = lock(&self.next_slot);
         self.set_slot(*next, gpa, len, host)?;
+        lock(&self.placed).insert(*next, (gpa, len));
         *next += 1;
         Ok(*next - 1)
     }
 
     fn move_memory(&self, slot: u32, gpa: u64, len: u64, host: u64) -> Result<(), VmError> {
+        let mut placed = lock(&self.placed);
+        let old = placed.get(&slot).copied();
         self.set_slot(slot, 0, 0, host)?;
-        self.set_slot(slot, gpa, len, host)
+        if let Err(e) = self.set_slot(slot, gpa, len, host) {
+            // KVM refused the new place (an overlap): put it back.
+            if let Some((g, l)) = old {
+                if let Err(back) = self.set_slot(slot, g, l, host) {
+                    log::error!("memory slot {slot} could not go back to {g:#x}: {back}");
+                }
+            }
+            return Err(e);
+        }
+        placed.insert(slot, (gpa, len));
+        Ok(())
     }
 }
 
@@ -124,5 +141,9 @@ mod tests {
         m.move_memory(slot, bar + 0x10_0000, 0x1000, page).unwrap();
         // KVM refuses a slot overlapping RAM: errors come back, not panics.
         assert!(m.map_memory(0, 0x1000, page).is_err());
+        // A refused move leaves the slot in place: it can still move later
+        // (a deleted slot could not be deleted again).
+        assert!(m.move_memory(slot, 0, 0x1000, page).is_err());
+        m.move_memory(slot, bar + 0x20_0000, 0x1000, page).unwrap();
     }
 }

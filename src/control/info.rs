@@ -167,7 +167,12 @@ pub fn counters(vm: &Vmm, host: &HostPaths) -> Value {
         .map(|(k, n)| (k.to_string(), json!(n)))
         .collect();
     out.insert("vcpu_exits".into(), Value::Object(exits));
-    let text = std::fs::read_to_string(host.proc.join("interrupts")).unwrap_or_default();
+    let text = crate::bounded::read_text(
+        &host.proc.join("interrupts"),
+        crate::bounded::PROCFS_MAX,
+        crate::bounded::Kind::Pseudo,
+    )
+    .unwrap_or_default();
     let all = vfio_interrupts(&text);
     // Host interrupts are the passed-through functions'; virtio vectors are irqfds.
     for (name, _) in vm

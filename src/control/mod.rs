@@ -81,6 +81,7 @@ pub fn request_for(cfg: &VmConfig) -> Request<'_> {
         allow_unsafe_interrupts: cfg.allow_unsafe_interrupts,
         backend: cfg.vfio_backend,
         preopened: &cfg.preopened,
+        hugepages: cfg.hugepages,
     }
 }
 
@@ -156,6 +157,10 @@ impl Controller {
             .collect();
         self.spec = Some(Spec { config, ids, echo });
         self.build(checked)?;
+        // A signal while the VM was built: tear down in order, never boot.
+        if let Some(Next::Exit(code)) = exit::take_signal().map(|s| self.on_signal(s)) {
+            return Ok(self.finish(code));
+        }
         self.drop_privileges()?;
         self.start()?;
         Ok(self.serve())

@@ -81,6 +81,13 @@ impl Bus {
             .map(|(_, d)| d)
     }
 
+    /// The registered ranges as (base, length), in address order.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+        ranges.iter().map(|(b, (l, _))| (*b, *l)).collect()
+    }
+
     fn find(&self, addr: u64, size: usize) -> Option<(u64, SharedDevice)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (base, (len, dev)) = ranges.range(..=addr).next_back()?;

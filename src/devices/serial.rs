@@ -1,5 +1,6 @@
 //! COM1: a 16550A UART (vm-superio) whose interrupt line is an eventfd wired
-//! to an irqfd, and whose output goes to a writer (stdout for the console).
+//! to an irqfd, and whose output goes to a writer (for the console, a
+//! [`super::console_output::ConsoleWriter`], which never blocks).
 
 use std::io::Write;
 
@@ -19,20 +20,8 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// A writer that flushes after every write, so console output is not held
-/// back by line buffering.
-pub struct Unbuffered<W: Write>(pub W);
-
-impl<W: Write> Write for Unbuffered<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
-        self.0.flush()?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
+/// Number of UART registers (port offsets 0..8).
+const UART_REGS: u64 = 8;
 
 /// The console UART.
 pub struct SerialConsole {
@@ -53,16 +42,28 @@ impl SerialConsole {
     }
 }
 
+/// A wider access is split into byte accesses to consecutive registers, as
+/// the ISA bus does for an 8-bit device; bytes past the last register read
+/// as 0xff and writes there are dropped.
 impl BusDevice for SerialConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if let Some(b) = data.first_mut() {
-            *b = self.uart.read(offset as u8);
+        for (i, b) in data.iter_mut().enumerate() {
+            let reg = offset + i as u64;
+            *b = if reg < UART_REGS {
+                self.uart.read(reg as u8)
+            } else {
+                0xff
+            };
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(b) = data.first() {
-            if let Err(e) = self.uart.write(offset as u8, *b) {
+        for (i, b) in data.iter().enumerate() {
+            let reg = offset + i as u64;
+            if reg >= UART_REGS {
+                break;
+            }
+            if let Err(e) = self.uart.write(reg as u8, *b) {
                 log::debug!("serial write: {e:?}");
             }
         }
@@ -91,8 +92,7 @@ mod tests {
     fn transmits_to_writer_and_raises_irq_on_input() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let sink = Sink::default();
-        let mut s =
-            SerialConsole::new(irq.try_clone().unwrap(), Box::new(Unbuffered(sink.clone())));
+        let mut s = SerialConsole::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
         for b in b"ok\n" {
             s.write(0, &[*b]);
         }
@@ -104,5 +104,29 @@ mod tests {
         let mut d = [0u8];
         s.read(0, &mut d);
         assert_eq!(d[0], b'x');
+    }
+
+    #[test]
+    fn wide_accesses_cover_consecutive_registers() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let sink = Sink::default();
+        let mut s = SerialConsole::new(irq, Box::new(sink.clone()));
+        // Line control (3) with DLAB clear, then a 4-byte read at 2: IIR,
+        // LCR, MCR, LSR; nothing is left as the caller's stale bytes.
+        s.write(3, &[0x03]);
+        let mut d = [0xaa; 4];
+        s.read(2, &mut d);
+        assert_eq!(d[1], 0x03, "LCR as written");
+        assert_ne!(d[3], 0xaa, "LSR is read, not left stale");
+        assert_eq!(d[3] & 0x60, 0x60, "transmitter empty");
+        let mut d = [0xaa; 4];
+        s.read(6, &mut d);
+        assert_eq!(&d[2..], &[0xff, 0xff], "past the last register");
+        // A 2-byte write at 0 is THR then IER.
+        s.write(0, &[b'z', 0x01]);
+        assert_eq!(&*sink.0.lock().unwrap(), b"z");
+        let mut ier = [0u8];
+        s.read(1, &mut ier);
+        assert_eq!(ier[0], 0x01);
     }
 }

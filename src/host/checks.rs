@@ -1,6 +1,7 @@
 //! The host checks, each on its own: is a device bound to vfio-pci in a
 //! viable, IOMMU-backed group with its `/dev/vfio` node, is `/dev/kvm`
-//! usable, is RLIMIT_MEMLOCK high enough, and does the IOMMU remap
+//! usable, can the host provide guest RAM (available memory or free huge
+//! pages), is RLIMIT_MEMLOCK high enough, and does the IOMMU remap
 //! interrupts. [`super::preflight`] runs them in one order for `run` and
 //! `check`. All paths are rooted at [`HostPaths`] so tests can use a fake
 //! sysfs tree.
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::bdf::Bdf;
+use crate::bounded::{read_text, Kind, ReadError, PROCFS_MAX, SYSFS_MAX};
 use crate::config::format_size;
 
 /// The driver a passed-through device must be bound to.
@@ -23,6 +25,8 @@ pub(crate) const CAP_IPC_LOCK: u32 = 14;
 /// The vfio_iommu_type1 module parameter that permits missing interrupt remapping.
 pub(crate) const UNSAFE_IRQ_PARAM: &str =
     "module/vfio_iommu_type1/parameters/allow_unsafe_interrupts";
+/// One 2 MiB huge page.
+pub(crate) const HUGEPAGE_2M: u64 = 2 << 20;
 
 /// Roots of the host file systems the checks read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +98,16 @@ pub enum HostError {
     /// No such device in sysfs.
     #[error("PCI device {0} not found: check the address with `lspci -D`")]
     DeviceNotFound(Bdf),
+    /// An SR-IOV physical function (not bound to vfio-pci) was named.
+    #[error("PCI device {bdf} is an SR-IOV physical function{}: pass one of its VFs instead ({}), bound to vfio-pci (`vflaunch bind <VF>`)", .driver.as_deref().map(|d| format!(" bound to {d}")).unwrap_or_default(), vf_hint(.bdf, .vfs))]
+    PhysicalFunction {
+        /// The PF.
+        bdf: Bdf,
+        /// Its driver, if any.
+        driver: Option<String>,
+        /// Its VFs, in VF order.
+        vfs: Vec<String>,
+    },
     /// The device is not bound to vfio-pci.
     #[error("{}", not_bound_msg(.bdf, .driver.as_deref()))]
     NotBoundToVfio {
@@ -179,6 +193,23 @@ pub enum HostError {
         /// Bytes needed.
         need: u64,
     },
+    /// Guest RAM (in 4 KiB pages) is more than the host has available; VFIO
+    /// would pin it until the OOM killer ends the run.
+    #[error("guest memory is {} MiB but the host has only {} MiB available (MemAvailable): VFIO pins all of guest RAM, so give the guest less --memory or free host memory", .need >> 20, .available >> 20)]
+    MemoryShort {
+        /// Bytes of guest RAM.
+        need: u64,
+        /// MemAvailable in bytes.
+        available: u64,
+    },
+    /// Not enough free 2 MiB huge pages for guest RAM.
+    #[error("guest memory is {} MiB but only {free} 2 MiB huge pages are free: reserve {} more (echo <total> > /proc/sys/vm/nr_hugepages) or give the guest less --memory", .need >> 20, .need.div_ceil(HUGEPAGE_2M).saturating_sub(*.free))]
+    HugePagesShort {
+        /// Bytes of guest RAM.
+        need: u64,
+        /// Free 2 MiB huge pages.
+        free: u64,
+    },
     /// getrlimit failed.
     #[error("cannot read RLIMIT_MEMLOCK")]
     Memlock(#[source] io::Error),
@@ -188,15 +219,25 @@ pub enum HostError {
         /// Whether vfio_iommu_type1 allow_unsafe_interrupts is set on the host.
         module_param: bool,
     },
-    /// A sysfs entry could not be read.
+    /// A sysfs or procfs entry could not be read.
     #[error("cannot read {}", .path.display())]
     Sysfs {
         /// The path.
         path: PathBuf,
-        /// The I/O error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: ReadError,
     },
+}
+
+fn vf_hint(pf: &Bdf, vfs: &[String]) -> String {
+    if vfs.is_empty() {
+        format!(
+            "it has none yet: create them with `echo 1 > /sys/bus/pci/devices/{pf}/sriov_numvfs`"
+        )
+    } else {
+        vfs.join(", ")
+    }
 }
 
 fn not_bound_msg(bdf: &Bdf, driver: Option<&str>) -> String {
@@ -227,6 +268,39 @@ fn no_remap_msg(module_param: bool) -> &'static str {
     }
 }
 
+/// A sysfs attribute as text (capped), if it can be read.
+pub(crate) fn sys_text(path: &Path) -> Option<String> {
+    read_text(path, SYSFS_MAX, Kind::Pseudo).ok()
+}
+
+/// The VFs of `sysfs` (its `virtfnN` links, in N order) if it is an
+/// SR-IOV physical function, `None` otherwise.
+fn sriov_vfs(sysfs: &Path) -> Option<Vec<String>> {
+    let total: u32 = sys_text(&sysfs.join("sriov_totalvfs"))?
+        .trim()
+        .parse()
+        .ok()?;
+    if total == 0 {
+        return None;
+    }
+    let mut vfs: Vec<(u32, String)> = fs::read_dir(sysfs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("virtfn")?
+                .parse()
+                .ok()?;
+            Some((n, link_name(&e.path())?))
+        })
+        .collect();
+    vfs.sort();
+    Some(vfs.into_iter().map(|(_, bdf)| bdf).collect())
+}
+
 /// The last component of a symlink's target, e.g. the driver name.
 pub(crate) fn link_name(link: &Path) -> Option<String> {
     let target = fs::read_link(link).ok()?;
@@ -243,6 +317,11 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
     }
     let driver = link_name(&sysfs.join("driver"));
     if driver.as_deref() != Some(VFIO_PCI) {
+        // A PF bound to vfio-pci may be passed through whole; one that is
+        // not was most likely named instead of one of its VFs.
+        if let Some(vfs) = sriov_vfs(&sysfs) {
+            return Err(HostError::PhysicalFunction { bdf, driver, vfs });
+        }
         return Err(HostError::NotBoundToVfio { bdf, driver });
     }
     let group_link = sysfs.join("iommu_group");
@@ -251,7 +330,7 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
         .ok_or(HostError::NoIommuGroup(bdf))?;
 
     let group_dir = p.sys.join("kernel/iommu_groups").join(group.to_string());
-    let name = fs::read_to_string(group_dir.join("name")).unwrap_or_default();
+    let name = sys_text(&group_dir.join("name")).unwrap_or_default();
     if name.contains("vfio-noiommu") || p.dev.join(format!("vfio/noiommu-{group}")).exists() {
         return Err(HostError::NoIommuMode { bdf, group });
     }
@@ -262,9 +341,9 @@ pub fn check_device(p: &HostPaths, bdf: Bdf) -> Result<HostDevice, HostError> {
     }
     let mut others = Vec::new();
     let entries = fs::read_dir(&members).and_then(|dir| dir.collect::<Result<Vec<_>, _>>());
-    let entries = entries.map_err(|source| HostError::Sysfs {
+    let entries = entries.map_err(|e| HostError::Sysfs {
         path: members,
-        source,
+        source: ReadError::Io(e),
     })?;
     for entry in entries {
         match link_name(&entry.path().join("driver")) {
@@ -345,7 +424,7 @@ pub fn check_memlock(guest_memory: u64) -> Result<(), HostError> {
     } else {
         rl.rlim_cur
     };
-    let cap_ipc_lock = fs::read_to_string("/proc/self/status")
+    let cap_ipc_lock = read_text(Path::new("/proc/self/status"), PROCFS_MAX, Kind::Pseudo)
         .ok()
         .and_then(|s| parse_cap_eff(&s))
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0);
@@ -372,17 +451,15 @@ pub fn interrupt_remapping(p: &HostPaths) -> IrqRemap {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| {
-            fs::read_to_string(e.path().join("chip_name")).is_ok_and(|n| is_ir_chip(n.trim()))
-        });
+        .any(|e| sys_text(&e.path().join("chip_name")).is_some_and(|n| is_ir_chip(n.trim())));
     let in_proc = || {
-        fs::read_to_string(p.proc.join("interrupts"))
+        read_text(&p.proc.join("interrupts"), PROCFS_MAX, Kind::Pseudo)
             .is_ok_and(|s| s.split_whitespace().any(is_ir_chip))
     };
     if in_sys || in_proc() {
         return IrqRemap::Enabled;
     }
-    let param = fs::read_to_string(p.sys.join(UNSAFE_IRQ_PARAM)).unwrap_or_default();
+    let param = sys_text(&p.sys.join(UNSAFE_IRQ_PARAM)).unwrap_or_default();
     match param.trim() {
         "Y" | "y" | "1" => IrqRemap::UnsafeAllowed,
         _ => IrqRemap::Missing,

@@ -216,3 +216,76 @@ fn interrupt_remapping_detection_and_policy() {
     fs::write(&interrupts, "").unwrap();
     assert_eq!(interrupt_remapping(&f.p), IrqRemap::Enabled);
 }
+
+#[test]
+fn a_pf_named_as_a_device_points_at_its_vfs() {
+    let f = fake();
+    let pf = f.add("0000:03:00.0", Some("igb"), Some(3));
+    fs::write(pf.join("sriov_totalvfs"), "7\n").unwrap();
+    let err = assert_matches!(f.err("0000:03:00.0"), HostError::PhysicalFunction { vfs, .. } if vfs.is_empty());
+    assert!(err.to_string().contains("sriov_numvfs"), "{err}");
+    for (n, vf) in [(1, "0000:03:10.2"), (0, "0000:03:10.0")] {
+        f.add(vf, Some("vfio-pci"), Some(10 + n));
+        symlink(format!("../{vf}"), pf.join(format!("virtfn{n}"))).unwrap();
+    }
+    let msg = f.err("0000:03:00.0").to_string();
+    assert!(
+        msg.contains(
+            "SR-IOV physical function bound to igb: pass one of its VFs instead (0000:03:10.0, 0000:03:10.2), bound to vfio-pci"
+        ),
+        "{msg}"
+    );
+    assert!(!msg.contains("driver_override"), "{msg}");
+    // A PF bound to vfio-pci on purpose is passed through whole.
+    let pf2 = f.add("0000:05:00.0", Some("vfio-pci"), Some(5));
+    fs::write(pf2.join("sriov_totalvfs"), "7\n").unwrap();
+    assert!(check_device(&f.p, bdf("0000:05:00.0")).is_ok());
+    // No SR-IOV (sriov_totalvfs 0): the usual binding hint.
+    let nic = f.add("0000:06:00.0", Some("e1000e"), Some(6));
+    fs::write(nic.join("sriov_totalvfs"), "0\n").unwrap();
+    assert_matches!(f.err("0000:06:00.0"), HostError::NotBoundToVfio { .. });
+}
+
+#[test]
+fn guest_memory_against_what_the_host_can_provide() {
+    let f = fake();
+    let gib = 1u64 << 30;
+    let meminfo = f.p.proc.join("meminfo");
+    fs::write(
+        &meminfo,
+        "MemTotal:        3000000 kB\nMemAvailable:    2097152 kB\n",
+    )
+    .unwrap();
+    crate::host::guest_memory::check_host_memory(&f.p, 2 * gib, false).unwrap();
+    let err = assert_matches!(
+        crate::host::guest_memory::check_host_memory(&f.p, 8 * gib, false).unwrap_err(),
+        HostError::MemoryShort { available, .. } if *available == 2 * gib
+    );
+    assert_eq!(
+        err.to_string(),
+        "guest memory is 8192 MiB but the host has only 2048 MiB available (MemAvailable): VFIO pins all of guest RAM, so give the guest less --memory or free host memory"
+    );
+    // Kernels without MemAvailable pass; an unreadable meminfo does not.
+    fs::write(&meminfo, "MemTotal: 3000000 kB\n").unwrap();
+    crate::host::guest_memory::check_host_memory(&f.p, 8 * gib, false).unwrap();
+    fs::remove_file(&meminfo).unwrap();
+    assert_matches!(
+        crate::host::guest_memory::check_host_memory(&f.p, gib, false).unwrap_err(),
+        HostError::Sysfs { .. }
+    );
+    // Huge pages: the free 2 MiB pages count, not MemAvailable.
+    f.write(
+        "kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
+        "511\n",
+    );
+    let err = assert_matches!(
+        crate::host::guest_memory::check_host_memory(&f.p, gib, true).unwrap_err(),
+        HostError::HugePagesShort { free: 511, .. }
+    );
+    assert!(err.to_string().contains("reserve 1 more"), "{err}");
+    f.write(
+        "kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
+        "512\n",
+    );
+    crate::host::guest_memory::check_host_memory(&f.p, gib, true).unwrap();
+}

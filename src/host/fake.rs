@@ -42,6 +42,12 @@ pub fn fake() -> Fake {
     fs::create_dir_all(&p.proc).unwrap();
     fs::write(p.dev.join("kvm"), "").unwrap();
     fs::write(p.dev.join("vfio/vfio"), "").unwrap();
+    // 16 GiB available.
+    fs::write(
+        p.proc.join("meminfo"),
+        "MemTotal:       32768000 kB\nMemFree:         1000000 kB\nMemAvailable:   16777216 kB\n",
+    )
+    .unwrap();
     Fake { _dir: dir, p }
 }
 

@@ -1,5 +1,5 @@
-//! The host side: device addresses (`bdf`), the host checks (`checks`) and
-//! the one pre-flight sequence over them (`preflight`), the whole-host
+//! The host side: device addresses (`bdf`), the host checks (`checks`,
+//! `guest_memory`) and the one pre-flight sequence over them (`preflight`), the whole-host
 //! report of `vflaunch doctor` (`doctor`), moving devices to vfio-pci and
 //! back (`bind`), and the terminal the guest console runs on (`terminal`).
 
@@ -11,7 +11,7 @@ pub mod console_socket;
 pub mod doctor;
 #[cfg(test)]
 pub mod fake;
+pub mod guest_memory;
 pub mod preflight;
 pub mod privileges;
-pub mod read;
 pub mod terminal;

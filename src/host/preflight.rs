@@ -1,7 +1,8 @@
 //! The one pre-flight sequence, for `vflaunch run` (stop at the first
 //! failure) and `vflaunch check` (print every check, one line each). The
 //! order: each device (the most specific and most common problems), then
-//! `/dev/kvm`, RLIMIT_MEMLOCK and interrupt remapping.
+//! `/dev/kvm`, guest memory (huge pages, or available memory when devices
+//! pin it), RLIMIT_MEMLOCK and interrupt remapping.
 
 use std::io::Write;
 
@@ -19,6 +20,8 @@ pub struct Request<'a> {
     pub memory: u64,
     /// Accept a host without interrupt remapping.
     pub allow_unsafe_interrupts: bool,
+    /// Guest RAM comes from 2 MiB huge pages.
+    pub hugepages: bool,
     /// The VFIO interface asked for.
     pub backend: BackendChoice,
     /// Descriptors a launcher opened for us.
@@ -42,6 +45,7 @@ impl<'a> Request<'a> {
             allow_unsafe_interrupts,
             backend: BackendChoice::Auto,
             preopened: &NONE_PREOPENED,
+            hugepages: false,
         }
     }
 }
@@ -142,6 +146,14 @@ pub fn run_checks(
         name: "/dev/kvm".into(),
         outcome: outcome(checks::check_kvm(p), |()| None),
     });
+    // Without devices nothing pins 4 KiB guest RAM: the host may overcommit it.
+    if req.hugepages || !req.devices.is_empty() {
+        let r = super::guest_memory::check_host_memory(p, req.memory, req.hugepages);
+        out.push(Check {
+            name: "guest memory".into(),
+            outcome: outcome(r, |()| None),
+        });
+    }
     let checked = Checked {
         devices: passed,
         backend: chosen,
@@ -248,6 +260,14 @@ mod tests {
         let err = preflight_with(&f.p, &req(&devices), ok).unwrap_err();
         assert!(matches!(err, HostError::KvmUnavailable { .. }), "{err}");
         fs::write(f.p.dev.join("kvm"), "").unwrap();
+        // Then guest memory the host cannot provide: 64 MiB, 32 MiB available.
+        let meminfo = f.p.proc.join("meminfo");
+        let full = fs::read_to_string(&meminfo).unwrap();
+        fs::write(&meminfo, "MemTotal: 4000000 kB\nMemAvailable: 32768 kB\n").unwrap();
+        let low = |need| Err(HostError::MemlockTooLow { limit: 0, need });
+        let err = preflight_with(&f.p, &req(&devices), low).unwrap_err();
+        assert!(matches!(err, HostError::MemoryShort { .. }), "{err}");
+        fs::write(&meminfo, full).unwrap();
         // Then memlock, then interrupt remapping.
         let low = |need| Err(HostError::MemlockTooLow { limit: 0, need });
         let err = preflight_with(&f.p, &req(&devices), low).unwrap_err();
@@ -299,12 +319,13 @@ mod tests {
             "ok      vfio backend: vfio-group (auto: the group interface, because {}/iommu is missing (kernel without CONFIG_IOMMUFD))".replace("{}", &f.p.dev.display().to_string())
         );
         assert!(text.lines().nth(3).unwrap().starts_with("FAILED  /dev/kvm"));
+        assert_eq!(text.lines().nth(4).unwrap(), "ok      guest memory");
         assert!(text
             .lines()
-            .nth(5)
+            .nth(6)
             .unwrap()
             .starts_with("FAILED  interrupt remapping"));
-        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(text.lines().count(), 7, "{text}");
     }
 
     #[test]
@@ -314,5 +335,30 @@ mod tests {
         assert_eq!(report(&f.p, &req(&[]), &mut out), exit_code::OK);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text, "ok      /dev/kvm\nWARN    devices: none given (--device, PCIDEVICE_* or network-info)\n");
+    }
+
+    #[test]
+    fn huge_pages_are_checked_even_without_devices() {
+        let f = fake();
+        let hp = Request {
+            hugepages: true,
+            ..req(&[])
+        };
+        let mut out = Vec::new();
+        assert_eq!(report(&f.p, &hp, &mut out), exit_code::HOST);
+        let text = String::from_utf8(out).unwrap();
+        let line = text.lines().nth(1).unwrap();
+        assert!(
+            line.starts_with("FAILED  guest memory: guest memory is 64 MiB but only 0 2 MiB huge pages are free: reserve 32 more"),
+            "{text}"
+        );
+        f.write(
+            "kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
+            "32\n",
+        );
+        assert!(preflight_with(&f.p, &hp, |_| Ok(()))
+            .unwrap()
+            .devices
+            .is_empty());
     }
 }

@@ -57,27 +57,55 @@ impl BarSpace {
         self.add_traps(dev, &ranges)
     }
 
+    /// Registers `ranges` for `dev`, all or none.
     fn add_traps(&self, dev: &SharedPciDevice, ranges: &[TrapRange]) -> Result<(), BusError> {
+        self.insert_traps(&|| lock(dev).name().to_string(), dev, ranges)
+    }
+
+    fn insert_traps(
+        &self,
+        name: &dyn Fn() -> String,
+        dev: &SharedPciDevice,
+        ranges: &[TrapRange],
+    ) -> Result<(), BusError> {
         let Some(bus) = self.mmio.upgrade() else {
             return Ok(()); // the VM is being torn down
         };
-        for &TrapRange {
-            addr: base, len, ..
-        } in ranges
+        for (
+            n,
+            &TrapRange {
+                addr: base, len, ..
+            },
+        ) in ranges.iter().enumerate()
         {
             let trap: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(BarTrap {
                 dev: dev.clone(),
                 base,
             }));
-            bus.insert(base, len, trap)?;
-            log::debug!("{}: trapping {base:#x}+{len:#x}", lock(dev).name());
+            if let Err(e) = bus.insert(base, len, trap) {
+                for t in &ranges[..n] {
+                    bus.remove(t.addr);
+                }
+                return Err(e);
+            }
+            log::debug!("{}: trapping {base:#x}+{len:#x}", name());
         }
         Ok(())
     }
 
+    fn remove_traps(&self, ranges: &[TrapRange]) {
+        if let Some(bus) = self.mmio.upgrade() {
+            for t in ranges {
+                bus.remove(t.addr);
+            }
+        }
+    }
+
     /// Applies the BAR moves `d` (the locked `dev`) reported: a move inside
     /// the PCI windows takes the device's memory slots and traps along; any
-    /// other move is refused and the BAR stays where it was.
+    /// other move is refused and the BAR stays where it was. A move is all
+    /// or nothing: when KVM refuses a slot or the bus a trap, the BAR keeps
+    /// its old mapping and traps, and the refusal is logged.
     pub fn apply(&self, dev: &SharedPciDevice, d: &mut dyn PciDevice, moves: &[BarMove]) {
         for mv in moves {
             if !self.windows.contains(mv.to, mv.size) {
@@ -90,17 +118,7 @@ impl BarSpace {
                 );
                 continue;
             }
-            let of_bar = |d: &dyn PciDevice| -> Vec<TrapRange> {
-                let mut r = d.trapped_ranges();
-                r.retain(|t| t.bar == mv.bar);
-                r
-            };
-            if let Some(bus) = self.mmio.upgrade() {
-                for t in of_bar(d) {
-                    bus.remove(t.addr);
-                }
-            }
-            match d.move_bar(mv, &*self.mapper) {
+            match self.move_one(dev, d, mv) {
                 Ok(()) => log::info!(
                     "{}: BAR{} moved from {:#x} to {:#x}",
                     d.name(),
@@ -108,19 +126,58 @@ impl BarSpace {
                     mv.from,
                     mv.to
                 ),
-                Err(e) => log::error!(
-                    "{}: moving BAR{} to {:#x} failed: {}",
+                Err(why) => log::error!(
+                    "{}: moving BAR{} to {:#x} failed ({why}); it stays at {:#x}",
                     d.name(),
                     mv.bar,
                     mv.to,
-                    crate::error::error_chain(&e)
+                    mv.from
                 ),
             }
-            // The traps go where the device now says its BAR is (still the
-            // old place if the slots could not move).
-            if let Err(e) = self.add_traps(dev, &of_bar(d)) {
-                log::error!("{}: BAR{} traps: {e}", d.name(), mv.bar);
-            }
         }
+    }
+
+    /// Moves one BAR's slots and traps, or leaves both as they were.
+    fn move_one(
+        &self,
+        dev: &SharedPciDevice,
+        d: &mut dyn PciDevice,
+        mv: &BarMove,
+    ) -> Result<(), String> {
+        let of_bar = |d: &dyn PciDevice| -> Vec<TrapRange> {
+            let mut r = d.trapped_ranges();
+            r.retain(|t| t.bar == mv.bar);
+            r
+        };
+        let name = d.name().to_string();
+        let name = || name.clone();
+        let old = of_bar(d);
+        self.remove_traps(&old);
+        let restore_traps = |why: String| {
+            if let Err(e) = self.insert_traps(&name, dev, &old) {
+                log::error!("{}: BAR{} traps could not be restored: {e}", name(), mv.bar);
+            }
+            why
+        };
+        d.move_bar(mv, &*self.mapper)
+            .map_err(|e| restore_traps(crate::error::error_chain(&e)))?;
+        let new = of_bar(d);
+        if let Err(e) = self.insert_traps(&name, dev, &new) {
+            let back = BarMove {
+                from: mv.to,
+                to: mv.from,
+                ..*mv
+            };
+            if let Err(b) = d.move_bar(&back, &*self.mapper) {
+                log::error!(
+                    "{}: BAR{} slots could not go back: {}",
+                    name(),
+                    mv.bar,
+                    crate::error::error_chain(&b)
+                );
+            }
+            return Err(restore_traps(e.to_string()));
+        }
+        Ok(())
     }
 }

@@ -168,22 +168,31 @@ impl MsixState {
         }
     }
 
-    /// Writes the table at `offset`; returns the vector touched, if any.
-    pub fn write_table(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
+    /// Writes the table at `offset` (an aligned dword, or a qword that may
+    /// straddle two entries); returns the vectors whose entry changed, so
+    /// that each of them is re-routed. Parts past the table are dropped.
+    pub fn write_table(&mut self, offset: u64, data: &[u8]) -> Vec<usize> {
         if offset % 4 != 0 || (data.len() != 4 && data.len() != 8) {
             log::debug!(
                 "msix: ignored {}-byte table write at {offset:#x}",
                 data.len()
             );
-            return None;
+            return Vec::new();
         }
-        let mut off = offset;
-        for chunk in data.chunks(4) {
-            let v = u32::from_le_bytes(chunk.try_into().ok()?);
-            *self.field(off)? = v;
-            off += 4;
+        let mut touched: Vec<usize> = Vec::new();
+        for (i, chunk) in data.chunks_exact(4).enumerate() {
+            let off = offset + 4 * i as u64;
+            let mut dword = [0u8; 4];
+            dword.copy_from_slice(chunk);
+            if let Some(field) = self.field(off) {
+                *field = u32::from_le_bytes(dword);
+                let v = (off / ENTRY_SIZE) as usize;
+                if !touched.contains(&v) {
+                    touched.push(v);
+                }
+            }
         }
-        Some((offset / ENTRY_SIZE) as usize)
+        touched
     }
 }
 
@@ -206,7 +215,7 @@ mod tests {
     fn vectors_go_live_only_when_enabled_unmasked() {
         let mut s = MsixState::new(2);
         assert!(!s.vector_live(0));
-        assert_eq!(s.write_table(0, &0xfee0_0000u32.to_le_bytes()), Some(0));
+        assert_eq!(s.write_table(0, &0xfee0_0000u32.to_le_bytes()), [0]);
         s.write_table(8, &0x4041u32.to_le_bytes());
         s.write_table(12, &0u32.to_le_bytes());
         assert!(!s.vector_live(0), "MSI-X still disabled");
@@ -232,7 +241,7 @@ mod tests {
     fn qword_access_and_readback() {
         let mut s = MsixState::new(2);
         let v: u64 = 0x0000_0001_fee0_1000;
-        assert_eq!(s.write_table(16, &v.to_le_bytes()), Some(1));
+        assert_eq!(s.write_table(16, &v.to_le_bytes()), [1]);
         assert_eq!(
             (s.entries[1].addr_lo, s.entries[1].addr_hi),
             (0xfee0_1000, 1)
@@ -244,10 +253,24 @@ mod tests {
         s.read_table(12, &mut c);
         assert_eq!(u32::from_le_bytes(c), VECTOR_MASKED);
         // Out of range and unaligned accesses are ignored, reads give zero.
-        assert_eq!(s.write_table(64, &[0; 4]), None);
-        assert_eq!(s.write_table(2, &[0; 4]), None);
-        assert_eq!(s.write_table(0, &[0; 2]), None);
+        assert!(s.write_table(64, &[0; 4]).is_empty());
+        assert!(s.write_table(2, &[0; 4]).is_empty());
+        assert!(s.write_table(0, &[0; 2]).is_empty());
         s.read_table(64, &mut c);
         assert_eq!(c, [0; 4]);
+    }
+
+    #[test]
+    fn a_qword_straddling_two_entries_touches_both() {
+        let mut s = MsixState::new(2);
+        // Vector 0's control (unmask) and vector 1's address low, in one write.
+        let v: u64 = 0xfee0_3000_0000_0000;
+        assert_eq!(s.write_table(12, &v.to_le_bytes()), [0, 1]);
+        assert!(!s.entries[0].masked());
+        assert_eq!(s.entries[1].addr_lo, 0xfee0_3000);
+        // The last entry's control plus a dword past the table: the part
+        // inside still counts.
+        assert_eq!(s.write_table(28, &0u64.to_le_bytes()), [1]);
+        assert!(!s.entries[1].masked());
     }
 }

@@ -180,7 +180,7 @@ impl BarMap {
     }
 
     /// The BARs at their current guest addresses.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn bars(&self) -> &[BarInfo] {
         &self.bars
     }
@@ -216,6 +216,25 @@ impl BarMap {
         Some(Trapped::Device(bar.index as u32, off))
     }
 
+    /// What a trapped access of `len` bytes at `addr` hits. An access to the
+    /// device's registers that runs into the MSI-X table or PBA (or out of
+    /// the BAR) hits nothing: the device never sees table bytes.
+    pub fn classify_access(&self, addr: u64, len: usize) -> Option<Trapped> {
+        let first = self.classify(addr)?;
+        if let Trapped::Device(region, off) = first {
+            let span = len.saturating_sub(1) as u64;
+            let last = self.classify(addr.checked_add(span)?);
+            if last != Some(Trapped::Device(region, off + span)) {
+                log::debug!(
+                    "{}: dropped a {len}-byte access at {addr:#x} across the MSI-X table",
+                    self.name
+                );
+                return None;
+            }
+        }
+        Some(first)
+    }
+
     /// The BARs whose programmed address (in `shadow`) differs from where they are.
     pub fn proposed_moves(&self, shadow: &BarShadow) -> Vec<BarMove> {
         self.bars
@@ -233,13 +252,30 @@ impl BarMap {
     }
 
     /// Moves the memory slots of BAR `mv.bar` to `mv.to`; the BAR then
-    /// answers there (the caller moves the traps).
+    /// answers there (the caller moves the traps). All or nothing: when a
+    /// slot cannot move, the slots already moved go back and the BAR stays.
     pub fn move_bar(&mut self, mv: &BarMove, mapper: &dyn GuestMapper) -> Result<(), VmError> {
         let Some(i) = self.bars.iter().position(|b| b.index == mv.bar) else {
             return Ok(());
         };
-        for a in self.areas.iter().filter(|a| a.bar == mv.bar) {
-            mapper.move_memory(a.slot, mv.to + a.offset, a.len, a.host)?;
+        let from = self.bars[i].addr;
+        let areas: Vec<&MappedArea> = self.areas.iter().filter(|a| a.bar == mv.bar).collect();
+        for (n, a) in areas.iter().enumerate() {
+            if let Err(e) = mapper.move_memory(a.slot, mv.to + a.offset, a.len, a.host) {
+                for b in &areas[..n] {
+                    if let Err(e) = mapper.move_memory(b.slot, from + b.offset, b.len, b.host) {
+                        log::error!(
+                            "{}: BAR{} +{:#x} could not go back to {:#x}: {}",
+                            self.name,
+                            mv.bar,
+                            b.offset,
+                            from + b.offset,
+                            crate::error::error_chain(&e)
+                        );
+                    }
+                }
+                return Err(e);
+            }
         }
         self.bars[i].addr = mv.to;
         log::debug!("{}: BAR{} slots now at {:#x}", self.name, mv.bar, mv.to);

@@ -82,6 +82,64 @@ fn a_move_takes_the_slots_along() {
 }
 
 #[test]
+fn a_refused_move_leaves_every_slot_where_it_was() {
+    let m = MockMapper::default();
+    let mut map = igbvf_map(&m);
+    let (old, new) = (W32 + 0x4000, W32 + 0x10_0000);
+    // The first of BAR3's two slots moves, the second is refused.
+    m.refuse.lock().unwrap().push(new + 0x3000);
+    let mv = BarMove {
+        bar: 3,
+        from: old,
+        to: new,
+        size: 0x4000,
+    };
+    assert!(map.move_bar(&mv, &m).is_err());
+    assert_eq!(
+        m.slots.lock().unwrap()[1..],
+        [(old + 0x1000, 0x1000), (old + 0x3000, 0x1000)],
+        "the slot that moved went back"
+    );
+    assert_eq!(map.bars()[1].addr, old);
+    assert_eq!(map.trapped_ranges()[0].addr, old);
+    assert_eq!(map.classify(old + 8), Some(Trapped::MsixTable(8)));
+}
+
+#[test]
+fn an_access_running_into_the_msix_table_never_reaches_the_device() {
+    // The table at BAR3+0x800, in the middle of its trapped page.
+    let mock = MockVfio::igbvf();
+    let regions: Vec<RegionInfo> = (0..6).map(|i| mock.region(i)).collect();
+    let bars = vec![bar(0, W32), bar(3, W32 + 0x4000)];
+    let cap = MsixCap::parse(0x70, 2, 0x803, 0x2003);
+    let m = MockMapper::default();
+    let map = BarMap::new("vf", bars, &regions, Some(cap), &*mock, &m).unwrap();
+    let bar3 = W32 + 0x4000;
+    assert_eq!(
+        map.classify_access(bar3 + 0x7f8, 8),
+        Some(Trapped::Device(3, 0x7f8))
+    );
+    assert_eq!(
+        map.classify_access(bar3 + 0x7fc, 8),
+        None,
+        "runs into the table"
+    );
+    assert_eq!(
+        map.classify_access(bar3 + 0x7fc, 4),
+        Some(Trapped::Device(3, 0x7fc))
+    );
+    assert_eq!(
+        map.classify_access(bar3 + 0x800, 8),
+        Some(Trapped::MsixTable(0))
+    );
+    assert_eq!(
+        map.classify_access(bar3 + 0x1ffc, 8),
+        None,
+        "runs out of the trap"
+    );
+}
+
+#[test]
 fn mmap_plan_respects_sparse_areas_and_old_kernels() {
     let bar = BarInfo {
         prefetchable: false,

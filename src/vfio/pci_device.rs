@@ -149,7 +149,7 @@ impl VfioPciDevice {
     }
 
     /// The BARs at their current guest addresses.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn bars(&self) -> &[BarInfo] {
         self.bars.bars()
     }
@@ -212,7 +212,7 @@ impl PciDevice for VfioPciDevice {
 
     fn read_bar(&mut self, addr: u64, data: &mut [u8]) {
         data.fill(0);
-        match self.bars.classify(addr) {
+        match self.bars.classify_access(addr, data.len()) {
             Some(Trapped::MsixTable(off)) => self.vectors.read_table(off, data),
             // Nothing is ever left pending: masked vectors' events wait in their eventfds.
             Some(Trapped::Pba) | None => {}
@@ -221,7 +221,7 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn write_bar(&mut self, addr: u64, data: &[u8]) {
-        match self.bars.classify(addr) {
+        match self.bars.classify_access(addr, data.len()) {
             Some(Trapped::MsixTable(off)) => self.vectors.write_table(off, data),
             Some(Trapped::Pba) | None => {}
             Some(Trapped::Device(region, off)) => self.dev.region_write(region, off, data),

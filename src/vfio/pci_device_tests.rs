@@ -268,3 +268,74 @@ fn bus_master_waits_for_the_dma_mapping() {
         "then bus mastering reaches the device"
     );
 }
+
+/// Moves BAR3 of the device on `root` to `new` with decoding on.
+fn move_bar3(root: &Mutex<PciRoot>, new: u64) {
+    ecam32(root, 4, 0);
+    ecam32(root, 0x1c, new as u32);
+    ecam32(root, 0x20, 0);
+    ecam32(root, 4, u32::from(regs::COMMAND_MEMORY));
+}
+
+#[test]
+fn a_move_kvm_refuses_keeps_the_old_mapping_and_traps() {
+    let (root, bus, mapper, dev) = on_a_root(fixture());
+    let (old, new) = (W32 + 0x4000, W32 + 0x10_0000);
+    let slots = mapper.slots.lock().unwrap().clone();
+    mapper.refuse.lock().unwrap().push(new + 0x3000);
+    move_bar3(&root, new);
+    assert_eq!(*mapper.slots.lock().unwrap(), slots, "every slot back");
+    assert_eq!(
+        trap_bases(&bus, &[old, old + 0x2000, new, new + 0x2000]),
+        vec![old, old + 0x2000],
+        "the traps stay at the old place"
+    );
+    assert_eq!(dev.lock().unwrap().trapped_ranges()[0].addr, old);
+    assert!(
+        bus.write(old + 8, &0x4056u32.to_le_bytes()),
+        "the table answers"
+    );
+}
+
+#[test]
+fn a_move_onto_another_device_keeps_the_old_mapping_and_traps() {
+    struct Other;
+    impl crate::devices::bus::BusDevice for Other {
+        fn read(&mut self, _: u64, d: &mut [u8]) {
+            d.fill(0x77);
+        }
+        fn write(&mut self, _: u64, _: &[u8]) {}
+    }
+    let (root, bus, mapper, dev) = on_a_root(fixture());
+    let (old, new) = (W32 + 0x4000, W32 + 0x10_0000);
+    // Something already answers where the PBA page would go: the table
+    // trap goes in, the PBA trap is refused, both must come out again.
+    bus.insert(new + 0x2000, 0x1000, Arc::new(Mutex::new(Other)))
+        .unwrap();
+    let slots = mapper.slots.lock().unwrap().clone();
+    move_bar3(&root, new);
+    assert_eq!(*mapper.slots.lock().unwrap(), slots, "the slots went back");
+    assert_eq!(
+        trap_bases(&bus, &[old, old + 0x2000, new]),
+        vec![old, old + 0x2000]
+    );
+    let mut b = [0u8; 4];
+    assert!(bus.read(new + 0x2000, &mut b));
+    assert_eq!(b, [0x77; 4], "the other device keeps its range");
+    assert_eq!(dev.lock().unwrap().trapped_ranges()[0].addr, old);
+}
+
+#[test]
+fn a_bar_move_with_debug_logging_does_not_lock_the_device_twice() {
+    // With debug logging on, the trap log line once locked the device that
+    // the move already held: a BAR move hung its vCPU.
+    log::set_max_level(log::LevelFilter::Debug);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (root, bus, _mapper, _dev) = on_a_root(fixture());
+        move_bar3(&root, W32 + 0x10_0000);
+        tx.send(trap_bases(&bus, &[W32 + 0x10_0000])).unwrap();
+    });
+    let moved = rx.recv_timeout(std::time::Duration::from_secs(10));
+    assert_eq!(moved.ok(), Some(vec![W32 + 0x10_0000]), "the move finished");
+}

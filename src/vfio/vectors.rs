@@ -266,10 +266,11 @@ impl Vectors {
         }
     }
 
-    /// Guest write to the MSI-X table at `offset`: re-routes the vector it touched.
+    /// Guest write to the MSI-X table at `offset`: re-routes every vector
+    /// it touched (a qword write may straddle two entries).
     pub fn write_table(&mut self, offset: u64, data: &[u8]) {
         let Some(m) = self.msix.as_mut() else { return };
-        if let Some(v) = m.state.write_table(offset, data) {
+        for v in m.state.write_table(offset, data) {
             if m.state.enabled {
                 m.route(&self.name, &*self.router, v);
             }

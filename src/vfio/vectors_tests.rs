@@ -134,6 +134,33 @@ fn msix_enable_routes_only_unmasked_vectors() {
 }
 
 #[test]
+fn a_qword_write_straddling_two_entries_routes_both() {
+    let (mut v, mock, router) = vectors();
+    program_vector(&mut v, 0, 0x41, true);
+    program_vector(&mut v, 1, 0x42, false);
+    set_msix_control(&mut v, &mock, CTL_ENABLE);
+    let gsi = crate::arch::x86_64::layout::MSI_GSI_START;
+    // One 8-byte write: vector 0's control (unmask) and vector 1's address.
+    let q: u64 = 0xfee0_5000_0000_0000;
+    v.write_table(12, &q.to_le_bytes());
+    let routes = router.routes.lock().unwrap();
+    assert_eq!(
+        routes.get(&gsi).map(|m| m.data),
+        Some(0x41),
+        "vector 0 live"
+    );
+    assert_eq!(
+        routes.get(&(gsi + 1)),
+        Some(&MsiMessage {
+            addr_lo: 0xfee0_5000,
+            addr_hi: 0,
+            data: 0x42
+        }),
+        "vector 1's route carries its new address"
+    );
+}
+
+#[test]
 fn quiesce_turns_everything_off() {
     let (mut v, mock, router) = vectors();
     program_vector(&mut v, 0, 0x41, false);

@@ -365,7 +365,8 @@ impl PciDevice for VirtioPciDevice {
                 }
             }
             o if (bar::MSIX_TABLE..bar::MSIX_PBA).contains(&o) => {
-                if let Some(i) = self.msix.write_table(o - bar::MSIX_TABLE, data) {
+                // Every entry the write touched (a qword may straddle two).
+                for i in self.msix.write_table(o - bar::MSIX_TABLE, data) {
                     self.route(i);
                 }
             }

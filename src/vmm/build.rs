@@ -14,9 +14,10 @@ use crate::arch::x86_64::{acpi, boot};
 use crate::config::{SerialMode, VmConfig};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::{Buses, SharedDevice};
+use crate::devices::console_output::{ConsoleOutput, CONSOLE_BUFFER_BYTES};
 use crate::devices::ged::Ged;
 use crate::devices::i8042::I8042;
-use crate::devices::serial::{SerialConsole, Unbuffered};
+use crate::devices::serial::SerialConsole;
 use crate::exit::ExitReason;
 use crate::exit::ExitSignal;
 use crate::host::backend::Backend;
@@ -68,6 +69,7 @@ impl Vmm {
             running: None,
             control: VcpuControl::new(exit.clone()),
             terminal: None,
+            console: None,
             serial: None,
             power_button: None,
             console_socket: None,
@@ -118,8 +120,10 @@ impl Vmm {
             .map_err(VmmError::Bus)
     }
 
-    /// COM1 (console on stdout), the i8042 reset port, the ACPI PM register
-    /// and the Generic Event Device with its power button.
+    /// COM1 (console on stdout, a file or a socket; stdout and files through
+    /// a bounded buffer, so that a slow reader never blocks a vCPU), the
+    /// i8042 reset port, the ACPI PM register and the Generic Event Device
+    /// with its power button.
     pub(super) fn attach_legacy_devices(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
         let os = |what| move |e| VmmError::Os(what, e);
         let mut socket = None;
@@ -130,15 +134,22 @@ impl Vmm {
                 socket = Some(pipe);
                 Box::new(out)
             }
-            SerialMode::Tty => Box::new(Unbuffered(std::io::stdout())),
+            SerialMode::Tty => {
+                let c = ConsoleOutput::stdout()
+                    .map_err(os("cannot start the console output thread"))?;
+                Box::new(self.console.insert(c).writer())
+            }
             SerialMode::Null => Box::new(std::io::sink()),
-            SerialMode::File(p) => Box::new(
-                std::fs::OpenOptions::new()
+            SerialMode::File(p) => {
+                let f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| VmmError::Os("cannot open the serial output file", e))?,
-            ),
+                    .map_err(|e| VmmError::Os("cannot open the serial output file", e))?;
+                let c = ConsoleOutput::new(Box::new(f), CONSOLE_BUFFER_BYTES)
+                    .map_err(os("cannot start the console output thread"))?;
+                Box::new(self.console.insert(c).writer())
+            }
             SerialMode::Off => Box::new(std::io::sink()),
         };
         if cfg.serial != SerialMode::Off {

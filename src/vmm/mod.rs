@@ -20,6 +20,7 @@ use crate::arch::x86_64::boot::BootEntry;
 use crate::arch::x86_64::layout::GuestLayout;
 use crate::config::VmConfig;
 use crate::devices::bus::Buses;
+use crate::devices::console_output::ConsoleOutput;
 use crate::devices::ged::GedTrigger;
 use crate::devices::serial::SerialConsole;
 use crate::exit::{ExitReason, ExitSignal};
@@ -28,7 +29,7 @@ use crate::host::terminal::{self, RawTerminal};
 use crate::interrupts::KvmMsiRouter;
 use crate::pci::bar::BarAllocator;
 use crate::pci::root::PciRoot;
-use crate::sync::lock;
+use crate::sync::{lock, lock_within};
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
 use crate::vfio::container::DmaSpace;
 use crate::vfio::pci_device::VfioPciDevice;
@@ -93,6 +94,9 @@ pub enum VmmError {
     Os(&'static str, #[source] std::io::Error),
 }
 
+/// How long tear-down waits for a device lock before going on without it.
+const DEVICE_LOCK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where the VM is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmState {
@@ -118,6 +122,8 @@ pub struct Vmm {
     running: Option<VcpuSet>,
     control: Arc<VcpuControl>,
     terminal: Option<RawTerminal>,
+    /// Guest console output: the bounded buffer and its writer thread.
+    console: Option<ConsoleOutput>,
     serial: Option<Arc<Mutex<SerialConsole>>>,
     power_button: Option<GedTrigger>,
     console_socket: Option<crate::host::console_socket::ConsoleSocket>,
@@ -285,6 +291,9 @@ impl Vmm {
         }
         self.terminal = None;
         self.console_socket = None;
+        // Whatever the guest printed gets a moment to reach the sink; the
+        // number of bytes dropped is logged.
+        self.console = None;
         if self.stop_virtio() {
             step("virtio stopped");
         }
@@ -297,7 +306,13 @@ impl Vmm {
             }
         }
         for d in &self.vfio {
-            lock(d).quiesce();
+            // A vCPU thread left behind by `stop` may hold the device.
+            match lock_within(d, DEVICE_LOCK_DEADLINE) {
+                Some(mut d) => d.quiesce(),
+                None => log::error!(
+                    "a passed-through device is held by a vCPU that did not stop: not quiesced here (vfio-pci resets it when its group closes)"
+                ),
+            }
         }
         step("devices quiesced");
         if let Some(c) = self.container.as_mut() {

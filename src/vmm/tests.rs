@@ -166,3 +166,40 @@ fn virtio_devices_stop_after_the_vcpus_and_leave_nothing_behind() {
     let again = crate::virtio::block::Block::open(&v.disks[0]);
     assert!(again.is_ok(), "the image's lock went with the VM");
 }
+
+#[test]
+fn tear_down_goes_on_past_a_device_held_by_a_stuck_thread() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut vmm, mock)) = spinning_vm(&dir) else {
+        return;
+    };
+    vmm.boot().unwrap();
+    // A thread holds the device, as a vCPU stuck inside an access would.
+    let dev = vmm.vfio[0].clone();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _g = crate::sync::lock(&dev);
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    held_rx.recv().unwrap();
+    let start = std::time::Instant::now();
+    vmm.shutdown();
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "tear-down took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(vmm.state(), VmState::Stopped);
+    assert_eq!(
+        *vmm.teardown_steps().lock().unwrap(),
+        ["vcpus stopped", "devices quiesced", "devices dropped"]
+    );
+    assert_eq!(mock.log.lock().unwrap().resets, 1, "not reset while held");
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // The last reference went with the holder: the model reset on drop.
+    assert_eq!(mock.log.lock().unwrap().resets, 2);
+}

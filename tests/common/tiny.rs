@@ -40,6 +40,16 @@ pub fn tiny_spin_code(msg: &[u8]) -> Vec<u8> {
     c
 }
 
+/// 64-bit code: write `byte` to COM1 for ever, as fast as the VMM takes it
+/// (a guest flooding its console).
+pub fn tiny_flood_code(byte: u8) -> Vec<u8> {
+    let mut c = Vec::new();
+    c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    c.extend_from_slice(&[0xb0, byte]); // mov al, byte
+    c.extend_from_slice(&[0xee, 0xeb, 0xfd]); // loop: out dx, al; jmp loop
+    c
+}
+
 /// 32-bit code for the PVH entry: check that EBX points at the PVH start
 /// info (magic 0x336ec578), print `msg`, power off; on a bad magic, reset.
 pub fn tiny_pvh_code(msg: &[u8]) -> Vec<u8> {

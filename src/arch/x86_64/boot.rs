@@ -7,7 +7,7 @@ use std::path::Path;
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::bzimage::BzImage;
+use linux_loader::loader::bzimage::{BzImage, Error as BzImageError};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader, KernelLoaderResult};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
@@ -28,6 +28,9 @@ pub enum BootError {
         linux_loader::loader::Error,
         linux_loader::loader::Error,
     ),
+    /// The bzImage's kernel does not fit in guest RAM at its load address.
+    #[error("kernel {0} ({1} bytes) does not fit in guest memory: give the guest more --memory")]
+    KernelTooBig(String, u64),
     /// The initramfs does not fit in guest RAM below the kernel's limit.
     #[error("initramfs ({0} bytes) does not fit in guest memory: give the guest more --memory")]
     InitrdTooBig(u64),
@@ -81,6 +84,28 @@ fn open(path: &Path) -> Result<File, BootError> {
     File::open(path).map_err(|e| BootError::Open(path.display().to_string(), e))
 }
 
+/// Offsets in the bzImage setup header (Linux boot protocol).
+const SETUP_SECTS_OFFSET: u64 = 0x1f1;
+const CODE32_START_OFFSET: u64 = 0x214;
+
+/// Whether the protected-mode part of the bzImage `f` (its header already
+/// accepted by the loader) fits in `mem` at its load address.
+fn bzimage_fits(mem: &GuestMemoryMmap, f: &mut File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    use vm_memory::GuestMemoryBackend;
+    let len = f.seek(SeekFrom::End(0))?;
+    let mut sects = [0u8];
+    f.seek(SeekFrom::Start(SETUP_SECTS_OFFSET))?;
+    f.read_exact(&mut sects)?;
+    let mut start = [0u8; 4];
+    f.seek(SeekFrom::Start(CODE32_START_OFFSET))?;
+    f.read_exact(&mut start)?;
+    let setup = (u64::from(sects[0]).max(4) + 1) * 512;
+    let payload = len.saturating_sub(setup) as usize;
+    let at = GuestAddress(u64::from(u32::from_le_bytes(start)));
+    Ok(mem.check_range(at, payload))
+}
+
 /// Loads a bzImage, falling back to ELF; returns the loader result.
 fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelLoaderResult, BootError> {
     let mut f = open(path)?;
@@ -88,6 +113,13 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelLoaderResult,
         Ok(r) => return Ok(r),
         Err(e) => e,
     };
+    // The header was a bzImage's, but the kernel could not be copied in.
+    if bz == linux_loader::loader::Error::Bzimage(BzImageError::ReadBzImageCompressedKernel)
+        && matches!(bzimage_fits(mem, &mut f), Ok(false))
+    {
+        let size = f.metadata().map_or(0, |m| m.len());
+        return Err(BootError::KernelTooBig(path.display().to_string(), size));
+    }
     let elf_err = match Elf::load(mem, None, &mut f, Some(layout::HIMEM_START)) {
         Ok(r) => return Ok(r),
         Err(e) => e,
@@ -331,5 +363,29 @@ mod tests {
         assert!(matches!(err, BootError::NotAKernel(..)), "{err}");
         let err = load(&mem, &guest, Path::new("/nonexistent/k"), None, "").unwrap_err();
         assert!(matches!(err, BootError::Open(..)));
+    }
+
+    #[test]
+    fn a_bzimage_larger_than_guest_ram_does_not_fit() {
+        let guest = GuestLayout::new(64 << 20);
+        let mem = crate::memory::create_guest_memory(&guest, false).unwrap();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut img = vec![0u8; 0x1000];
+        img[0x1f1] = 4; // setup_sects
+        img[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
+        img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
+        img[0x211] = 1; // loadflags: LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        std::fs::write(f.path(), &img).unwrap();
+        f.as_file().set_len(80 << 20).unwrap();
+        let err = load(&mem, &guest, f.path(), None, "").unwrap_err();
+        assert!(
+            matches!(err, BootError::KernelTooBig(_, n) if n == 80 << 20),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("does not fit in guest memory"),
+            "{err}"
+        );
     }
 }

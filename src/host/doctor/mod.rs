@@ -145,6 +145,7 @@ pub fn diagnose(p: &HostPaths, req: &Request, probes: &Probes) -> Vec<Line> {
             allow_unsafe_interrupts: false,
             backend: BackendChoice::Auto,
             preopened: &preopened,
+            hugepages: false,
         };
         let (list, _) = preflight::run_checks(p, &check_req, probes.memlock);
         for c in list {

@@ -310,13 +310,13 @@ fn with_devices_every_check_of_check() {
     assert_eq!(tail[0], "ok      check 0000:02:10.0: passes");
     assert!(
         tail[1].starts_with(
-            "FAILED  check 0000:02:00.0: PCI device 0000:02:00.0 is bound to igb, not vfio-pci"
+            "FAILED  check 0000:02:00.0: PCI device 0000:02:00.0 is an SR-IOV physical function bound to igb: pass one of its VFs instead (0000:02:10.0, "
         ),
         "{}",
         tail[1]
     );
     assert!(
-        tail[1].contains("`vflaunch bind 0000:02:00.0`"),
+        tail[1].contains("bound to vfio-pci (`vflaunch bind <VF>`)"),
         "{}",
         tail[1]
     );
@@ -329,6 +329,7 @@ fn with_devices_every_check_of_check() {
         &tail[3..],
         [
             "ok      check /dev/kvm: passes",
+            "ok      check guest memory: passes",
             "ok      check locked memory: passes",
             "ok      check interrupt remapping: passes"
         ]

@@ -1,0 +1,6 @@
+//! See `vflaunch::fuzzing::cli_values` for what it drives and the invariants it checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| vflaunch::fuzzing::cli_values(data));

@@ -1,0 +1,6 @@
+//! See `vflaunch::fuzzing::device_config` for what it drives and the invariants it checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| vflaunch::fuzzing::device_config(data));
