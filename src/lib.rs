@@ -13,6 +13,7 @@ mod app;
 mod arch;
 mod bounded;
 mod cli;
+mod cli_tools;
 mod config;
 mod control;
 mod devices;
