@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 secs="${FUZZ_SECONDS:-30}"
 jobs="${FUZZ_JOBS:-1}"
-all="pci_bus device_config legacy cli_values config_json intake_env network_info"
+all="pci_bus device_config legacy cli_values config_json intake_env network_info virtio_queue"
 targets="${FUZZ_TARGETS:-$all}"
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then

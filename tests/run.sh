@@ -21,8 +21,9 @@ trap 'rm -f "$cargo_log" "$skip_log"' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --check
-echo "== cargo clippy --all-targets -- -D warnings"
+echo "== cargo clippy --all-targets -- -D warnings (also with --features fuzzing)"
 cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features fuzzing -- -D warnings
 echo "== test tools (socat, schemathesis)"
 install_test_tools target/tools
 echo "== cargo test"
@@ -34,6 +35,12 @@ if ((status != 0)); then
     test_summary "$cargo_log" "$skip_log" "not run" "$status"
     exit "$status"
 fi
+echo "== fuzz (tests/fuzz.sh, ${FUZZ_SECONDS:=20} s per target)"
+FUZZ_SECONDS=$FUZZ_SECONDS bash tests/fuzz.sh || {
+    status=$?
+    test_summary "$cargo_log" "$skip_log" "not run" "$status"
+    exit "$status"
+}
 echo "== hardware-in-loop: SR-IOV VF passthrough in nested KVM"
 bash tests/hil/run.sh || status=$?
 test_summary "$cargo_log" "$skip_log" "$status"
