@@ -287,7 +287,17 @@ impl Vmm {
         }
         self.vcpus.clear();
         if let Some(t) = self.started {
-            log::info!("guest ran for {:.3} s", t.elapsed().as_secs_f64());
+            let exits: Vec<String> = self
+                .exit_counts()
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            log::info!(
+                "guest ran for {:.3} s; vCPU exits: {}",
+                t.elapsed().as_secs_f64(),
+                exits.join(" ")
+            );
         }
         self.terminal = None;
         self.console_socket = None;
