@@ -7,14 +7,22 @@
 #       L2: igbvf drives the VFs, DHCP lease + ping of 10.0.2.2 through the PF;
 #           nvme drives an NVMe VF, O_DIRECT write + read back
 #
-# Two L1 boots (HIL_BOOTS), by default at the same time (one core each):
-#   debian  L1 = Debian's kernel, intel_iommu=on iommu=pt. Runs: main (the
-#           historical run: Debian's kernel in L2 with igbvf as a module),
-#           builtin (the project's guest kernel, no modules).
+# Four L1 boots (HIL_BOOTS), in two lanes at the same time (one core each):
+# debian then nointremap | host then noiommu.
+#   debian  L1 = Debian's kernel, intel_iommu=on iommu=pt. vflaunch doctor,
+#           bind/unbind (l1-doctor). Runs: main (the historical run: Debian's
+#           kernel in L2 with igbvf as a module), api (the guest kernel made
+#           and booted through the REST API, stopped by SIGTERM = the ACPI
+#           power button), builtin (the project's guest kernel, no modules).
 #   host    L1 = the project's host kernel (iommufd, vfio cdev), intel_iommu=on
 #           without iommu=pt (DMA translated). Runs: host (guest kernel, both
-#           igb VFs), nvme (guest kernel, an NVMe VF), pvh (its ELF vmlinux
-#           through PVH, with VF0).
+#           igb VFs, auto = iommufd), group (the same, group backend), nvme
+#           (guest kernel, an NVMe VF), pvh (its ELF vmlinux through PVH, with
+#           VF0), fds (vflaunch as uid 107 with descriptors a root wrapper
+#           opened: --iommufd-fd, --device BDF,fd=N).
+#   nointremap, noiommu  L1 = Debian's kernel with intel-iommu,intremap=off /
+#           without an emulated IOMMU: doctor names the problem and the fix,
+#           check and run refuse (exit 3); no L2.
 # Both kernels are built by guest/build-kernel.sh (cached outside the clone).
 # Passes when every criterion listed at the end holds. See README.md here.
 #
@@ -27,7 +35,10 @@
 #   HIL_RUST_LOG    RUST_LOG for vflaunch inside L1 (default info)
 #   HIL_VMM         vflaunch (default) | qemu (rig self-check: main run only)
 #   HIL_SKIP_BUILD  1 = don't run cargo, use the existing target/release/vflaunch
-#   HIL_BOOTS       which L1 boots (default "debian host")
+#   HIL_BOOTS       which L1 boots (default "debian host nointremap noiommu")
+#   HIL_IOMMU       the emulated IOMMU of the "debian" boot: on (default,
+#                   intel-iommu,intremap=on) | nointremap (intremap=off) | none
+#                   (no IOMMU device; then only main runs and vflaunch refuses)
 #   HIL_PARALLEL    1 (default) = the L1 boots run at the same time; 0 = one after the other
 #   HIL_L2_KERNEL   another L2 kernel for the main run (default Debian's vmlinuz)
 set -euo pipefail
@@ -40,15 +51,17 @@ HIL_L2_ARGS=${HIL_L2_ARGS-loglevel=4}
 HIL_RUST_LOG=${HIL_RUST_LOG:-info}
 HIL_VMM=${HIL_VMM:-vflaunch}
 HIL_SKIP_BUILD=${HIL_SKIP_BUILD:-0}
-HIL_BOOTS=${HIL_BOOTS:-debian host}
+HIL_BOOTS=${HIL_BOOTS:-debian host nointremap noiommu}
 HIL_PARALLEL=${HIL_PARALLEL:-1}
+HIL_IOMMU=${HIL_IOMMU:-on}
 
 say() { echo "[hil] $*"; }
 die() { echo "[hil] ERROR: $*" >&2; exit 1; }
 
 case "$HIL_VMM" in vflaunch | qemu) ;; *) die "HIL_VMM must be vflaunch or qemu, not '$HIL_VMM'" ;; esac
+case "$HIL_IOMMU" in on | nointremap | none) ;; *) die "HIL_IOMMU must be on, nointremap or none, not '$HIL_IOMMU'" ;; esac
 for b in $HIL_BOOTS; do
-    case $b in debian | host) ;; *) die "HIL_BOOTS takes debian and/or host, not '$b'" ;; esac
+    case $b in debian | host | nointremap | noiommu) ;; *) die "HIL_BOOTS takes debian, host, nointremap, noiommu, not '$b'" ;; esac
 done
 [ "$HIL_VMM" = vflaunch ] || HIL_BOOTS=debian # the reference qemu: the main run only
 want_boot() { case " $HIL_BOOTS " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -109,11 +122,14 @@ mk_cpio "$L2" "$HIL_WORK/l2.cpio"
 new_root "$L2" "$HERE/l2-init"
 mk_cpio "$L2" "$HIL_WORK/l2-builtin.cpio"
 
-# Common part of both L1 images: l1-init, the VMM, iproute2's ip (busybox's
-# cannot set a VF's MAC), the L2 kernels and initramfs images.
+# Common part of both L1 images: l1-init, l1-doctor, the VMM, iproute2's ip
+# (busybox's cannot set a VF's MAC), util-linux's setpriv (busybox-static has
+# no chpst), the L2 kernels and initramfs images.
 l1_common() { # root
     new_root "$1" "$HERE/l1-init"
+    install -m 644 "$HERE/l1-doctor" "$1/l1-doctor"
     add_elf "$1" "$(command -v ip)" iproute2-ip
+    add_elf "$1" "$(command -v setpriv)"
     mkdir -p "$1/l2"
     cp "$HIL_WORK/l2-builtin.cpio" "$1/l2/l2-builtin.cpio"
     [ -z "$GUEST_KERNEL" ] || cp "$GUEST_KERNEL" "$1/l2/bzImage"
@@ -126,10 +142,11 @@ l1_common() { # root
         add_elf "$1" "$VFL"
     fi
 }
-hil_conf() { # L1 kind, runs, NVMe 0/1
+hil_conf() { # L1 kind, runs, NVMe 0/1[, IOMMU variant]
     echo "HIL_L1=$(shq "$1")"
     echo "HIL_RUNS=$(shq "$2")"
     echo "HIL_NVME=$3"
+    echo "HIL_IOMMU=$(shq "${4:-on}")"
     echo "HIL_VMM=$(shq "$HIL_VMM")"
     echo "HIL_L2_ARGS=$(shq "$HIL_L2_ARGS")"
     echo "HIL_RUST_LOG=$(shq "$HIL_RUST_LOG")"
@@ -137,30 +154,40 @@ hil_conf() { # L1 kind, runs, NVMe 0/1
     echo "HIL_RUN_TIMEOUT=$((${HIL_RUN_TIMEOUT:-240}))"
 }
 IMGS=
-if want_boot debian; then
+if want_boot debian || want_boot nointremap || want_boot noiommu; then
     # Modules, in dependency order of their depends= fields: igb <-
     # dca,i2c-algo-bit; vfio-pci <- vfio-pci-core <- vfio,irqbypass; kvm-amd
-    # <- kvm,ccp; kvm <- irqbypass.
+    # <- kvm,ccp; kvm <- irqbypass. igbvf: l1-doctor's bind/unbind round trip.
     L1=$HIL_WORK/l1root
     l1_common "$L1"
-    add_modules "$L1" dca i2c-algo-bit igb vfio vfio_iommu_type1 irqbypass \
+    add_modules "$L1" dca i2c-algo-bit igb igbvf vfio vfio_iommu_type1 irqbypass \
         vfio-pci-core vfio-pci kvm ccp kvm-amd
     cp "${HIL_L2_KERNEL:-$KDIR/boot/vmlinuz-$KV}" "$L1/l2/vmlinuz"
     cp "$HIL_WORK/l2.cpio" "$L1/l2/l2.cpio"
     runs=main
-    [ "$HIL_VMM" != vflaunch ] || runs="main builtin"
-    hil_conf debian "$runs" 0 >"$L1/hil.conf"
+    [ "$HIL_VMM" != vflaunch ] || [ "$HIL_IOMMU" != on ] || runs="main api builtin"
+    hil_conf debian "$runs" 0 "$HIL_IOMMU" >"$L1/hil.conf"
     mk_cpio "$L1" "$HIL_WORK/l1.cpio"
-    IMGS="$IMGS l1.cpio $(du -m "$HIL_WORK/l1.cpio" | cut -f1) MiB (L1 kernel $KV, runs: $runs);"
+    IMGS="$IMGS l1.cpio $(du -m "$HIL_WORK/l1.cpio" | cut -f1) MiB (L1 kernel $KV, runs: $runs, IOMMU $HIL_IOMMU);"
+    # The short boots: the same image with another /hil.conf appended (the
+    # kernel unpacks concatenated archives in order, a later file wins).
+    for v in nointremap:nointremap noiommu:none; do
+        want_boot "${v%%:*}" || continue
+        rm -rf "$HIL_WORK/l1conf" && mkdir -p "$HIL_WORK/l1conf"
+        hil_conf debian main 0 "${v#*:}" >"$HIL_WORK/l1conf/hil.conf"
+        mk_cpio "$HIL_WORK/l1conf" "$HIL_WORK/l1conf.cpio"
+        cat "$HIL_WORK/l1.cpio" "$HIL_WORK/l1conf.cpio" >"$HIL_WORK/l1-${v%%:*}.cpio"
+        IMGS="$IMGS l1-${v%%:*}.cpio (IOMMU ${v#*:}, run main: refused);"
+    done
 fi
 if want_boot host; then
     L1=$HIL_WORK/l1root-host
     l1_common "$L1"
     add_elf "$L1" "$(command -v nvme)"
     cp "$GUEST_VMLINUX" "$L1/l2/vmlinux"
-    hil_conf host "host nvme pvh" 1 >"$L1/hil.conf"
+    hil_conf host "host group nvme pvh fds" 1 >"$L1/hil.conf"
     mk_cpio "$L1" "$HIL_WORK/l1-host.cpio"
-    IMGS="$IMGS l1-host.cpio $(du -m "$HIL_WORK/l1-host.cpio" | cut -f1) MiB (L1 kernel $(basename "$(dirname "$HOST_KERNEL")"), runs: host nvme pvh);"
+    IMGS="$IMGS l1-host.cpio $(du -m "$HIL_WORK/l1-host.cpio" | cut -f1) MiB (L1 kernel $(basename "$(dirname "$HOST_KERNEL")"), runs: host group nvme pvh fds);"
     # The NVMe namespace's backing file (sparse).
     rm -f "$HIL_WORK/nvme.img"
     truncate -s 64M "$HIL_WORK/nvme.img"
@@ -172,6 +199,8 @@ T_IMAGES=$((SECONDS - T0))
 STAMP=$(date +%Y%m%d-%H%M%S)
 LOG=$HIL_WORK/logs/hil-$STAMP.log
 LOG_HOST=$HIL_WORK/logs/hil-$STAMP-host.log
+LOG_NOINTREMAP=$HIL_WORK/logs/hil-$STAMP-nointremap.log
+LOG_NOIOMMU=$HIL_WORK/logs/hil-$STAMP-noiommu.log
 # Prefix each line with seconds since L1 start (bash only, no perl/bc needed).
 stamp() {
     local start=${EPOCHREALTIME/./} now line
@@ -184,26 +213,46 @@ stamp() {
 # shellcheck disable=SC2054 # the commas are QEMU's
 QEMU_COMMON=(-accel tcg -cpu max -machine q35 -m 3072 -smp 1
     -global q35-pcihost.pci-hole64-size=0
-    -device intel-iommu,intremap=on
     -netdev user,id=n0 -device igb,netdev=n0,romfile=
     -no-reboot -display none -serial stdio -monitor none)
-boot_debian() {
+iommu_dev() { # on|nointremap|none -> the emulated IOMMU's qemu arguments
+    case $1 in
+    on) echo "-device intel-iommu,intremap=on" ;;
+    nointremap) echo "-device intel-iommu,intremap=off" ;;
+    none) ;;
+    esac
+}
+# Debian's kernel as L1: boot NAME IMAGE IOMMU LOG (NAME != debian: a short
+# boot, its lines echoed as "[hil-NAME ...]").
+boot_debian_kernel() {
     local t=$SECONDS rc
-    timeout "$HIL_TIMEOUT" qemu-system-x86_64 "${QEMU_COMMON[@]}" \
-        -kernel "$KDIR/boot/vmlinuz-$KV" -initrd "$HIL_WORK/l1.cpio" \
+    # shellcheck disable=SC2046 # iommu_dev's words are separate arguments
+    timeout "$HIL_TIMEOUT" qemu-system-x86_64 "${QEMU_COMMON[@]}" $(iommu_dev "$3") \
+        -kernel "$KDIR/boot/vmlinuz-$KV" -initrd "$2" \
         -append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt" \
-        </dev/null 2>&1 | stamp | tee "$LOG"
+        </dev/null 2>&1 | stamp | tee "$4" | if [ "$1" = debian ]; then cat; else sed -u "s/^\[hil /[hil-$1 /"; fi
     rc=${PIPESTATUS[0]}
-    echo $((SECONDS - t)) >"$HIL_WORK/logs/.t-debian"
+    echo $((SECONDS - t)) >"$HIL_WORK/logs/.t-$1"
     return "$rc"
+}
+boot_debian() { boot_debian_kernel debian "$HIL_WORK/l1.cpio" "$HIL_IOMMU" "$LOG"; }
+# A short boot (nointremap|noiommu), if wanted; its exit code -> .rc-NAME.
+boot_short() {
+    want_boot "$1" || return 0
+    if [ "$1" = nointremap ]; then
+        boot_debian_kernel nointremap "$HIL_WORK/l1-nointremap.cpio" nointremap "$LOG_NOINTREMAP"
+    else
+        boot_debian_kernel noiommu "$HIL_WORK/l1-noiommu.cpio" none "$LOG_NOIOMMU"
+    fi
+    echo $? >"$HIL_WORK/logs/.rc-$1"
 }
 # The host kernel, with full DMA translation (no iommu=pt), and an NVMe
 # controller with SR-IOV in an NVM subsystem (a shared namespace, so its VF
 # sees it too): 1 VF, 3 flexible queues and 2 flexible interrupts.
 boot_host() {
     local t=$SECONDS rc
-    # shellcheck disable=SC2054 # the commas are QEMU's
-    timeout "$HIL_TIMEOUT" qemu-system-x86_64 "${QEMU_COMMON[@]}" \
+    # shellcheck disable=SC2054,SC2046 # the commas are QEMU's; iommu_dev's words are arguments
+    timeout "$HIL_TIMEOUT" qemu-system-x86_64 "${QEMU_COMMON[@]}" $(iommu_dev on) \
         -drive "file=$HIL_WORK/nvme.img,if=none,id=nvm0,format=raw" \
         -device nvme-subsys,id=subsys0 \
         -device nvme,serial=vflaunch0,subsys=subsys0,sriov_max_vfs=1,sriov_vq_flexible=3,sriov_vi_flexible=2 \
@@ -216,37 +265,60 @@ boot_host() {
     return "$rc"
 }
 QRC=- QRC_HOST=-
-rm -f "$HIL_WORK"/logs/.t-*
+rm -f "$HIL_WORK"/logs/.t-* "$HIL_WORK"/logs/.rc-*
+# Two lanes, each a long boot then a short one: debian, nointremap | host, noiommu.
+lane1() {
+    local rc=0
+    if want_boot debian; then
+        boot_debian
+        rc=$?
+    fi
+    boot_short nointremap
+    return "$rc"
+}
+lane2() {
+    local rc=0
+    if want_boot host; then
+        boot_host
+        rc=$?
+    fi
+    boot_short noiommu
+    return "$rc"
+}
 set +e
-if want_boot debian && want_boot host && [ "$HIL_PARALLEL" = 1 ]; then
-    say "booting both L1s at once (TCG, timeout ${HIL_TIMEOUT}s each), logs: $LOG, $LOG_HOST"
-    boot_host &
+if [ "$HIL_PARALLEL" = 1 ]; then
+    say "booting L1s in two lanes at once (TCG, timeout ${HIL_TIMEOUT}s each): debian, nointremap | host, noiommu (of: $HIL_BOOTS); logs: $HIL_WORK/logs/hil-$STAMP*.log"
+    lane2 &
     HPID=$!
-    boot_debian
+    lane1
     QRC=$?
     wait "$HPID"
     QRC_HOST=$?
 else
-    if want_boot debian; then
-        say "booting L1 with Debian's kernel (TCG, timeout ${HIL_TIMEOUT}s), log: $LOG"
-        boot_debian
-        QRC=$?
-    fi
-    if want_boot host; then
-        say "booting L1 with the project's host kernel (TCG, timeout ${HIL_TIMEOUT}s), log: $LOG_HOST"
-        boot_host
-        QRC_HOST=$?
-    fi
+    say "booting L1s one after the other (TCG, timeout ${HIL_TIMEOUT}s each): $HIL_BOOTS; logs: $HIL_WORK/logs/hil-$STAMP*.log"
+    lane1
+    QRC=$?
+    lane2
+    QRC_HOST=$?
 fi
 set -e
-T_DEB=$(cat "$HIL_WORK/logs/.t-debian" 2>/dev/null || echo -)s
-T_HOST=$(cat "$HIL_WORK/logs/.t-host" 2>/dev/null || echo -)s
-[ "$T_DEB" != -s ] || T_DEB="not run"
-[ "$T_HOST" != -s ] || T_HOST="not run"
-ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest.log"
+want_boot debian || QRC=-
+want_boot host || QRC_HOST=-
+QRC_NOINTREMAP=$(cat "$HIL_WORK/logs/.rc-nointremap" 2>/dev/null || echo -)
+QRC_NOIOMMU=$(cat "$HIL_WORK/logs/.rc-noiommu" 2>/dev/null || echo -)
+boot_time() { # NAME -> "Ns" or "not run"
+    if [ -f "$HIL_WORK/logs/.t-$1" ]; then echo "$(cat "$HIL_WORK/logs/.t-$1")s"; else echo "not run"; fi
+}
+T_DEB=$(boot_time debian)
+T_HOST=$(boot_time host)
+T_NOINTREMAP=$(boot_time nointremap)
+T_NOIOMMU=$(boot_time noiommu)
+! want_boot debian || ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest.log"
 ! want_boot host || ln -sfn "$(basename "$LOG_HOST")" "$HIL_WORK/logs/latest-host.log"
+! want_boot nointremap || ln -sfn "$(basename "$LOG_NOINTREMAP")" "$HIL_WORK/logs/latest-nointremap.log"
+! want_boot noiommu || ln -sfn "$(basename "$LOG_NOIOMMU")" "$HIL_WORK/logs/latest-noiommu.log"
 T_RUN=$((SECONDS - T0 - T_IMAGES))
-say "L1 qemu exit codes: debian $QRC ($T_DEB), host $QRC_HOST ($T_HOST); L1 boots took ${T_RUN}s (setup ${T_SETUP}s, cargo $((T_BUILD - T_SETUP))s, kernels $((T_KERNELS - T_BUILD))s, images $((T_IMAGES - T_KERNELS))s)"
+say "L1 qemu exit codes: debian $QRC ($T_DEB), host $QRC_HOST ($T_HOST), nointremap $QRC_NOINTREMAP ($T_NOINTREMAP), noiommu $QRC_NOIOMMU ($T_NOIOMMU); L1 boots took ${T_RUN}s (setup ${T_SETUP}s, cargo $((T_BUILD - T_SETUP))s, kernels $((T_KERNELS - T_BUILD))s, images $((T_IMAGES - T_KERNELS))s)"
 
 # --- verdict -------------------------------------------------------------------
 TAG=$(tr '[:lower:]' '[:upper:]' <<<"$HIL_VMM")
@@ -305,19 +377,36 @@ builtin_checks() { # run name
     check "$1: vflaunch exited with 0" "L1: RUN $1 VFLAUNCH_EXIT=0\$"
 }
 
+# The short boots (and HIL_IOMMU != on): doctor's lines, and no L2.
+short_checks() { # name, IOMMU variant (on|nointremap|none)
+    local keep=$HIL_IOMMU
+    HIL_IOMMU=$2
+    # shellcheck source=tests/hil/doctor-checks.sh
+    . "$HERE/doctor-checks.sh"
+    HIL_IOMMU=$keep
+    absent "$1: vflaunch refused before L2 started (no L2 /init)" 'L2: STAGE init '
+    check "$1: vflaunch's refusal names the check" 'L2\| .*(interrupt remapping|IOMMU|iommu|vfio-pci)'
+}
+
 if want_boot debian; then
-    say "== L1 with Debian's kernel ($KV, iommu=pt)"
+    say "== L1 with Debian's kernel ($KV, iommu=pt, IOMMU $HIL_IOMMU)"
     qemu_rc debian "$QRC"
     # The historical checks, on the log up to the end of the main run.
     F=$HIL_WORK/logs/run-main-and-before.log
     sed '/L1: RUN main end/q' "$LOG" >"$F"
-    check "L2 booted and ran its /init" 'L2: STAGE init '
-    check "L2 brought up both vCPUs" 'L2: 2 cpu\(s\) online'
-    count "L2 bound igbvf to each VF" 2 'L2: VF driver igbvf bound to [0-9a-f:.]+'
-    count "L2 saw 4 KiB config space (ECAM) on each VF" 2 'L2: VF [0-9a-f:.]+ config space 4096 bytes'
-    count "each VF got a DHCP lease" 2 'L2: udhcpc: lease of [0-9.]+ obtained'
-    count "each VF pinged 10.0.2.2: 3 received, 0% loss" 2 'L2: 3 packets transmitted, 3 (packets )?received, 0% packet loss'
-    if [ "$HIL_VMM" = vflaunch ]; then
+    if [ "$HIL_IOMMU" = on ]; then
+        check "L2 booted and ran its /init" 'L2: STAGE init '
+        check "L2 brought up both vCPUs" 'L2: 2 cpu\(s\) online'
+        count "L2 bound igbvf to each VF" 2 'L2: VF driver igbvf bound to [0-9a-f:.]+'
+        count "L2 saw 4 KiB config space (ECAM) on each VF" 2 'L2: VF [0-9a-f:.]+ config space 4096 bytes'
+        count "each VF got a DHCP lease" 2 'L2: udhcpc: lease of [0-9.]+ obtained'
+        count "each VF pinged 10.0.2.2: 3 received, 0% loss" 2 'L2: 3 packets transmitted, 3 (packets )?received, 0% packet loss'
+    fi
+    if [ "$HIL_VMM" = vflaunch ] && [ "$HIL_IOMMU" != on ]; then
+        short_checks debian "$HIL_IOMMU"
+    elif [ "$HIL_VMM" = vflaunch ]; then
+        # shellcheck source=tests/hil/doctor-checks.sh
+        . "$HERE/doctor-checks.sh"
         check "vflaunch check: interrupt remapping on" 'L1: check: ok +interrupt remapping'
         count "vflaunch check: both VFs usable" 2 'L1: check: ok +0000:'
         check "vflaunch check: the PF is refused, bound to igb" 'L1: check-pf: FAILED +0000:[0-9a-f:.]+: .*igb.*vfio-pci'
@@ -330,13 +419,30 @@ if want_boot debian; then
         check "vflaunch followed L2 moving a VF's BARs" 'BAR[0-9] moved from 0x[0-9a-f]+ to 0x[0-9a-f]+'
         check "vflaunch backed guest RAM with huge pages" 'guest RAM: [0-9]+ MiB in 2 MiB huge pages'
     fi
-    check "$HIL_VMM exited with 0" "^\[hil +[0-9.]+s\] ${TAG}_EXIT=0\$"
-    F=$(segment "$LOG" main)
-    if [ -z "${HIL_L2_KERNEL:-}" ]; then
-        check "main: L2 ran Debian's kernel with igbvf as a module" 'L2: modules loaded: [1-9][0-9]* \(.*igbvf'
+    if [ "$HIL_IOMMU" = on ]; then
+        check "$HIL_VMM exited with 0" "^\[hil +[0-9.]+s\] ${TAG}_EXIT=0\$"
+        F=$(segment "$LOG" main)
+        if [ -z "${HIL_L2_KERNEL:-}" ]; then
+            check "main: L2 ran Debian's kernel with igbvf as a module" 'L2: modules loaded: [1-9][0-9]* \(.*igbvf'
+        fi
+        check "main: launch -> L2 /init measured" 'L1: launch -> L2 /init [0-9.]+s'
     fi
-    check "main: launch -> L2 /init measured" 'L1: launch -> L2 /init [0-9.]+s'
-    if [ "$HIL_VMM" = vflaunch ]; then
+    if [ "$HIL_VMM" = vflaunch ] && [ "$HIL_IOMMU" = on ]; then
+        F=$(segment "$LOG" api)
+        check "api: vflaunch --api-socket answered vflaunch ping" 'L1: api: vflaunch ping answered after [0-9]+ retries'
+        check "api: PUT vm.create (Kata's shape, VF0) answered 2xx" 'L1: api: PUT vm.create @[^ ]+ -> rc=0 '
+        check "api: vm.info: Created" 'L1: api: state after vm.create: Created$'
+        check "api: vm.add-device VF1 -> guest 0000:00:02.0" 'L1: api: vm.add-device bdf: 0000:00:02.0$'
+        check "api: PUT vm.boot answered 2xx" 'L1: api: PUT vm.boot -> rc=0 '
+        check "api: vm.info: Running" 'L1: api: state after vm.boot: Running$'
+        check "api: vm.info's device_tree has vf0 on 00:01.0 and vf1 on 00:02.0" 'L1: api: device_tree: .*"vf0".*"pci_bdf": *"0000:00:01.0".*"vf1".*"pci_bdf": *"0000:00:02.0"'
+        check "api: L2 runs the project's guest kernel" 'L2: kernel [0-9.]+-vflaunch,'
+        igb_checks api
+        check "api: L2 found the ACPI power button's input device" 'L2: waiting for the power button \(event[0-9]+\)'
+        check "api: SIGTERM -> L2: power button pressed: orderly shutdown" 'L2: power button pressed: orderly shutdown'
+        check "api: vflaunch exited with 0 within 10 s of SIGTERM" 'L1: api: vflaunch exited with 0 [0-9]\.[0-9]+s after SIGTERM'
+        check "api: events in order: starting, created, booted, power-button, shutdown, exit" 'L1: api: event order: starting (created |device-added )+booted power-button shutdown exit $'
+        check "api: an exit event with exit code 0" 'L1: api-event: .*"event": *"exit".*"exit_code": *0'
         F=$(segment "$LOG" builtin)
         builtin_checks builtin
         check "builtin: L2 brought up both vCPUs" 'L2: 2 cpu\(s\) online'
@@ -362,6 +468,13 @@ if want_boot host; then
     F=$(segment "$LOG_HOST" host)
     builtin_checks host
     igb_checks host
+    check "host: --vfio-backend auto picked iommufd" 'vfio backend: iommufd \(auto: iommufd, because /dev/iommu exists'
+    count "host: both VFs on the iommufd backend" 2 'IOMMU group [0-9]+, iommufd$'
+    F=$(segment "$LOG_HOST" group)
+    builtin_checks group
+    igb_checks group
+    count "group: both VFs on the group backend (--vfio-backend group)" 2 'IOMMU group [0-9]+, vfio-group$'
+    absent "group: no iommufd" 'IOMMU group [0-9]+, iommufd$'
     F=$(segment "$LOG_HOST" nvme)
     builtin_checks nvme
     check "nvme: L2's built-in nvme driver bound the VF" 'L2: NVMe driver nvme bound to [0-9a-f:.]+'
@@ -377,7 +490,57 @@ if want_boot host; then
     check "pvh: igbvf bound VF0" 'L2: VF driver igbvf bound to [0-9a-f:.]+'
     check "pvh: VF0 got a DHCP lease" 'L2: udhcpc: lease of [0-9.]+ obtained'
     check "pvh: VF0 pinged 10.0.2.2: 3 received, 0% loss" 'L2: 3 packets transmitted, 3 (packets )?received, 0% packet loss'
+    check "pvh: VF0 on the group backend, guest RAM in 4 KiB pages" 'IOMMU group [0-9]+, vfio-group$'
+    F=$(segment "$LOG_HOST" fds)
+    builtin_checks fds
+    igb_checks fds
+    check "fds: /dev/iommu and the cdevs are root's, mode 0600; /dev/kvm group 107" 'L1: fds: crw------- 0:0 /dev/iommu;crw-rw---- 0:107 /dev/kvm;crw------- 0:0 /dev/vfio/devices/vfio[0-9]+;crw------- 0:0 /dev/vfio/devices/vfio[0-9]+;'
+    check "fds: uid 107 cannot open /dev/iommu itself" 'L1: fds: uid 107 opening /dev/iommu itself: rc=[1-9][0-9]* .*(denied|Permission)'
+    check "fds: uid 107 cannot open a vfio cdev itself" 'L1: fds: uid 107 opening /dev/vfio/devices/vfio[0-9]+ itself: rc=[1-9][0-9]* .*(denied|Permission)'
+    check "fds: the wrapper opened /dev/iommu and both cdevs, memlock unlimited" 'fds-wrapper: fd 5 /dev/iommu, fd 6 /dev/vfio/devices/vfio[0-9]+, fd 7 /dev/vfio/devices/vfio[0-9]+; memlock unlimited'
+    check "fds: vflaunch ran as uid 107" 'fds-wrapper: vflaunch runs as uid 107 gid 107'
+    count "fds: both VFs on the iommufd backend from the descriptors" 2 'IOMMU group [0-9]+, iommufd$'
     grep -E "HIL ERROR|_EXIT=" "$LOG_HOST" | sed 's/^/[hil] L1 (host) said: /' || true
+fi
+
+for v in nointremap:nointremap:"$QRC_NOINTREMAP":"$LOG_NOINTREMAP" noiommu:none:"$QRC_NOIOMMU":"$LOG_NOIOMMU"; do
+    IFS=: read -r name iommu qrc F <<<"$v"
+    want_boot "$name" || continue
+    say "== L1 with Debian's kernel, $([ "$iommu" = none ] && echo "no emulated IOMMU" || echo "intel-iommu,intremap=off") (doctor, then check and run refuse)"
+    qemu_rc "$name" "$qrc"
+    short_checks "$name" "$iommu"
+done
+
+# --- guest RAM pinned for DMA, by backend and page size ------------------------
+# Every run's "guest RAM (N MiB) pinned and mapped for device DMA in X ms",
+# with its backend ("IOMMU group G, <backend>") and its pages.
+DMA=$HIL_WORK/logs/dma-map.txt
+: >"$DMA"
+for l in debian:"$LOG" host:"$LOG_HOST"; do
+    f=${l#*:}
+    [ -f "$f" ] || continue
+    while read -r r; do
+        seg=$(segment "$f" "$r")
+        ms=$(sed -n 's/.*guest RAM (\([0-9]*\) MiB) pinned and mapped for device DMA in \([0-9]*\) ms.*/\2 \1/p' "$seg" | head -n1)
+        [ -n "$ms" ] || continue
+        be=$(sed -n 's/.*IOMMU group [0-9]*, \([a-z-]*\)$/\1/p' "$seg" | head -n1)
+        pg=$(sed -n 's/.*guest RAM: [0-9]* MiB in \(2 MiB huge\|4 KiB\) pages.*/\1/p' "$seg" | head -n1)
+        pg=${pg/ huge/}
+        echo "${l%%:*} $r ${be:-?} ${pg/ /} ${ms% *} ${ms#* }" >>"$DMA"
+    done < <(sed -n 's/.*L1: RUN \([a-z]*\) start.*/\1/p' "$f")
+done
+if [ -s "$DMA" ]; then
+    say "guest RAM pinned and mapped for device DMA (vflaunch's log; L1 'debian' has iommu=pt, 'host' translates):"
+    say "  L1      run      backend     pages  RAM       DMA map"
+    while read -r l1 r be pg ms mib; do
+        say "$(printf '  %-7s %-8s %-11s %-6s %-9s %6s ms' "$l1" "$r" "$be" "$pg" "$mib MiB" "$ms")"
+    done <"$DMA"
+    if want_boot host; then
+        F=$DMA
+        for c in "iommufd 4KiB" "iommufd 2MiB" "vfio-group 4KiB" "vfio-group 2MiB"; do
+            check "DMA map timed in L1 host with ${c% *} and ${c#* } pages" "^host [a-z]+ ${c% *} ${c#* } "
+        done
+    fi
 fi
 
 say "timings:"
@@ -387,12 +550,12 @@ for f in "$LOG" "$LOG_HOST"; do
     sed -n -E 's/.*L1: RUN ([a-z]+) start.*/run \1/p; s/.*L1: launch -> L2 \/init (.*)/\1/p' "$f" |
         awk '$1 == "run" { run = $2; next } { print "[hil]   launch -> L2 /init, run " run " (" (run == "main" ? "Debian kernel + igbvf module" : "project kernel") "): " $0 }'
 done
-say "  L1 boots: debian $T_DEB, host $T_HOST (parallel=$HIL_PARALLEL); whole HIL $((SECONDS - T0))s"
+say "  L1 boots: debian $T_DEB, host $T_HOST, nointremap $T_NOINTREMAP, noiommu $T_NOIOMMU (parallel=$HIL_PARALLEL: debian, nointremap | host, noiommu); whole HIL $((SECONDS - T0))s"
 if [ "$failed" = 0 ]; then
     say "HIL PASSED ($HIL_VMM, L1 boots ${T_RUN}s, total $((SECONDS - T0))s)"
     exit 0
 fi
-for f in "$LOG" "$LOG_HOST"; do
+for f in "$LOG" "$LOG_HOST" "$LOG_NOINTREMAP" "$LOG_NOIOMMU"; do
     [ -f "$f" ] || continue
     say "---- last 60 lines of $f ----"
     tail -n 60 "$f"

@@ -8,8 +8,8 @@
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Field, FieldAccessType,
-    FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method, Name,
-    Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, IO,
+    FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Method, Name, Notify,
+    OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -121,9 +121,11 @@ pub fn dsdt_aml(pci: PciWindows) -> Vec<u8> {
 /// interrupt the guest runs `_EVT`, which reads the event register and, for
 /// the power-button bit, sends `Notify(\_SB.PWRB, 0x80)` (a press).
 fn ged_aml() -> Vec<u8> {
+    // Only the interrupt: Linux's acpi-ged walks _CRS as a list of
+    // interrupts and fails its probe (-EINVAL) on any other resource. The
+    // event register is reached through the GDST operation region below.
     let irq = Interrupt::new(true, true, false, false, layout::ACPI_GED_IRQ);
-    let reg = Memory32Fixed::new(true, layout::ACPI_GED_START.0 as u32, 1);
-    let crs = ResourceTemplate::new(vec![&irq, &reg]);
+    let crs = ResourceTemplate::new(vec![&irq]);
     let hid = "ACPI0013";
     let base = layout::ACPI_GED_START.0 as usize;
     let region = OpRegion::new("GDST".into(), OpRegionSpace::SystemMemory, &base, &1usize);

@@ -462,15 +462,9 @@ fn ged_notifies_the_power_button() {
         *lookup(&objs, "\\_SB_.GED_._HID"),
         Obj::Str("ACPI0013".into())
     );
+    // Interrupts only: Linux's acpi-ged refuses a _CRS with anything else.
     let ged_crs = crs(&objs, "\\_SB_.GED_._CRS");
-    let base = layout::ACPI_GED_START.0 as u32;
-    assert_eq!(
-        ged_crs,
-        vec![
-            Res::Irq(vec![layout::ACPI_GED_IRQ]),
-            Res::Mem32 { base, len: 1 }
-        ]
-    );
+    assert_eq!(ged_crs, vec![Res::Irq(vec![layout::ACPI_GED_IRQ])]);
     let region = lookup(&objs, "\\_SB_.GED_.GDST");
     assert_eq!(
         *region,
