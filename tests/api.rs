@@ -181,7 +181,6 @@ fn katas_sequence_ends_with_the_process_gone_in_3_s() {
         [
             "starting",
             "created",
-            "created",
             "device-added",
             "booted",
             "paused",

@@ -156,6 +156,7 @@ impl Controller {
             .map(|i| format!("vfio{i}"))
             .collect();
         self.spec = Some(Spec { config, ids, echo });
+        self.events.emit("vm", "created", None);
         self.build(checked)?;
         // A signal while the VM was built: tear down in order, never boot.
         if let Some(Next::Exit(code)) = exit::take_signal().map(|s| self.on_signal(s)) {
@@ -309,7 +310,6 @@ impl Controller {
         };
         let vm = Vmm::new(&spec.config, checked)?;
         let backend = vm.backend().unwrap_or("none");
-        self.events.emit("vm", "created", None);
         for ((host, slot), id) in vm.devices().iter().zip(&spec.ids) {
             let props = json!({"id": id, "host_bdf": host, "guest_bdf": info::guest_bdf(*slot), "backend": backend});
             self.events.emit("vm", "device-added", Some(props));

@@ -132,7 +132,8 @@ pub(super) fn check(p: &HostPaths, out: &mut Vec<Line>) {
         out.push(feature_line(p, cfg.as_ref(), f));
     }
     let name = "kernel: iommufd / VFIO cdev";
-    let seen = p.dev.join("iommu").exists() || p.sys.join("class/vfio-dev").exists();
+    // /dev/iommu is what `auto` looks for; /sys/class/vfio-dev exists on any vfio kernel.
+    let seen = p.dev.join("iommu").exists();
     let configured = cfg.as_ref().map(|c| {
         (
             c.value("CONFIG_IOMMUFD").is_some(),
