@@ -72,18 +72,24 @@ pub struct Container {
     mapped: bool,
 }
 
+/// KVM's VFIO pseudo device, which both backends register their groups or
+/// cdevs with (KVM needs it for coherent DMA and interrupt bypass).
+pub(super) fn kvm_vfio_device(vm: &VmFd) -> Result<Arc<VfioDeviceFd>, ContainerError> {
+    let mut cd = kvm_create_device {
+        type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+        fd: 0,
+        flags: 0,
+    };
+    let kvm_vfio = vm
+        .create_device(&mut cd)
+        .map_err(ContainerError::KvmVfioDevice)?;
+    Ok(Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio)))
+}
+
 impl Container {
     /// Opens the container and registers it with KVM's VFIO device.
     pub fn new(vm: &VmFd) -> Result<Self, ContainerError> {
-        let mut cd = kvm_create_device {
-            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
-            fd: 0,
-            flags: 0,
-        };
-        let kvm_vfio = vm
-            .create_device(&mut cd)
-            .map_err(ContainerError::KvmVfioDevice)?;
-        let handle = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
+        let handle = kvm_vfio_device(vm)?;
         let inner = VfioContainer::new(Some(handle)).map_err(ContainerError::Container)?;
         Ok(Container {
             inner: Arc::new(inner),

@@ -10,12 +10,11 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::sync::Arc;
 
 use iommufd_ioctls::IommuFd;
-use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
-use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioIommufd};
+use vfio_ioctls::{VfioDevice, VfioIommufd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::container::{errno, ContainerError, DmaSpace};
+use super::container::{errno, kvm_vfio_device, ContainerError, DmaSpace};
 use crate::host::backend::Cdev;
 use crate::host::checks::HostDevice;
 
@@ -37,15 +36,7 @@ impl IommufdSpace {
     /// Opens `/dev/iommu` (or adopts `iommufd`), allocates the IOAS and
     /// registers with KVM's VFIO device.
     pub fn new(vm: &VmFd, iommufd: Option<RawFd>) -> Result<Self, ContainerError> {
-        let mut cd = kvm_create_device {
-            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
-            fd: 0,
-            flags: 0,
-        };
-        let kvm_vfio = vm
-            .create_device(&mut cd)
-            .map_err(ContainerError::KvmVfioDevice)?;
-        let handle = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
+        let handle = kvm_vfio_device(vm)?;
         let fd = match iommufd {
             Some(fd) => IommuFd::new_from_fd(adopt(fd)),
             None => IommuFd::new().map_err(ContainerError::Iommufd)?,
