@@ -21,6 +21,21 @@ fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
 }
 
 #[test]
+fn vcpu_threads_may_seed_a_hash_map() {
+    // A virtio device is activated on the vCPU thread that wrote DRIVER_OK;
+    // vsock's Mux builds HashMaps there, whose RandomState calls getrandom.
+    let (got, len) = filtered(ThreadKind::Vcpu, || {
+        let mut buf = [0u8; 16];
+        // SAFETY: getrandom writes at most buf.len() bytes into buf.
+        let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let map: std::collections::HashMap<u32, u32> = [(1, 2)].into_iter().collect();
+        (got, map.len())
+    });
+    assert_eq!(got, 16, "getrandom passes the vCPU filter");
+    assert_eq!(len, 1);
+}
+
+#[test]
 fn vcpu_threads_cannot_open_exec_or_make_sockets() {
     let (mut rx, mut tx) = {
         let mut fds = [0; 2];

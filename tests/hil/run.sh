@@ -167,6 +167,8 @@ if want_boot debian || want_boot nointremap || want_boot noiommu; then
     runs=main
     [ "$HIL_VMM" != vflaunch ] || [ "$HIL_IOMMU" != on ] || runs="main api builtin"
     hil_conf debian "$runs" 0 "$HIL_IOMMU" >"$L1/hil.conf"
+    # shellcheck source=tests/hil/virtio-image.sh
+    [ "$HIL_VMM" != vflaunch ] || [ "$HIL_IOMMU" != on ] || . "$HERE/virtio-image.sh" # run virtio: its L1/L2 files, HIL_RUNS += virtio
     mk_cpio "$L1" "$HIL_WORK/l1.cpio"
     IMGS="$IMGS l1.cpio $(du -m "$HIL_WORK/l1.cpio" | cut -f1) MiB (L1 kernel $KV, runs: $runs, IOMMU $HIL_IOMMU);"
     # The short boots: the same image with another /hil.conf appended (the
@@ -447,6 +449,8 @@ if want_boot debian; then
         builtin_checks builtin
         check "builtin: L2 brought up both vCPUs" 'L2: 2 cpu\(s\) online'
         igb_checks builtin
+        # shellcheck source=tests/hil/virtio-checks.sh
+        . "$HERE/virtio-checks.sh" # run virtio's verdict lines
     fi
     grep -E "HIL ERROR|_EXIT=" "$LOG" | sed 's/^/[hil] L1 said: /' || true
 fi

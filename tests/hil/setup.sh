@@ -5,7 +5,8 @@
 #     machine's own bookworm source (same mirror URIs and Signed-By keyring).
 #  2. Installs the host tools: qemu-system-x86 >= 10.0 from backports (the igb
 #     NIC model with SR-IOV appeared in QEMU 8.0; 10.x is what the rig was
-#     proven with), busybox-static, cpio, xz-utils, iproute2, nvme-cli.
+#     proven with), busybox-static, cpio, xz-utils, iproute2, nvme-cli,
+#     socat, e2fsprogs.
 #  3. Downloads the newest linux-image-6.12.*-amd64-unsigned .deb from
 #     backports into $HIL_WORK/deb and extracts it into $HIL_WORK/kernel.
 #     The same kernel is used for L1 (host side of the VF) and L2 (guest).
@@ -16,7 +17,7 @@
 #   --no-qemu    skip qemu-system-x86 (a host that boots guests on its own
 #                KVM needs no QEMU)
 #   --no-kernel  skip the kernel download
-# With both, only busybox-static, cpio, xz-utils, iproute2 and nvme-cli are installed.
+# With both, only busybox-static, cpio, xz-utils, iproute2, nvme-cli, socat and e2fsprogs are installed.
 set -euo pipefail
 
 WANT_QEMU=1 WANT_KERNEL=1
@@ -130,8 +131,9 @@ fi
 [ "$WANT_QEMU" = 0 ] || log "qemu-system-x86 $qv"
 
 missing=()
-# iproute2 and nvme-cli go into the rig's L1 (a VF's MAC; NVMe virt-mgmt).
-for p in busybox-static cpio xz-utils iproute2 nvme-cli; do
+# iproute2 and nvme-cli go into the rig's L1 (a VF's MAC; NVMe virt-mgmt);
+# socat (hybrid vsock, VSOCK-*) and e2fsprogs (mke2fs -d, debugfs) into the virtio run's.
+for p in busybox-static cpio xz-utils iproute2 nvme-cli socat e2fsprogs; do
     [ -n "$(installed_version "$p")" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
