@@ -187,7 +187,7 @@ if want_boot host; then
     l1_common "$L1"
     add_elf "$L1" "$(command -v nvme)"
     cp "$GUEST_VMLINUX" "$L1/l2/vmlinux"
-    hil_conf host "host group nvme pvh fds" 1 >"$L1/hil.conf"
+    hil_conf host "host group nvme pvh fds user" 1 >"$L1/hil.conf"
     mk_cpio "$L1" "$HIL_WORK/l1-host.cpio"
     IMGS="$IMGS l1-host.cpio $(du -m "$HIL_WORK/l1-host.cpio" | cut -f1) MiB (L1 kernel $(basename "$(dirname "$HOST_KERNEL")"), runs: host group nvme pvh fds);"
     # The NVMe namespace's backing file (sparse).
@@ -504,6 +504,12 @@ if want_boot host; then
     check "fds: the wrapper opened /dev/iommu and both cdevs, memlock unlimited" 'fds-wrapper: fd 5 /dev/iommu, fd 6 /dev/vfio/devices/vfio[0-9]+, fd 7 /dev/vfio/devices/vfio[0-9]+; memlock unlimited'
     check "fds: vflaunch ran as uid 107" 'fds-wrapper: vflaunch runs as uid 107 gid 107'
     count "fds: both VFs on the iommufd backend from the descriptors" 2 'IOMMU group [0-9]+, iommufd$'
+    F=$(segment "$LOG_HOST" user)
+    builtin_checks user
+    igb_checks user
+    check "user: /dev/kvm and the VFs' group nodes usable by group 107 only" 'L1: user: crw-rw---- 0:107 /dev/kvm;crw-rw---- 0:107 /dev/vfio/[0-9]+;crw-rw---- 0:107 /dev/vfio/[0-9]+;'
+    check "user: vflaunch ran as uid 107 with no capability and a memlock limit" 'user-wrapper: uid 107 gid 107 memlock [0-9]+ KiB CapEff: 0000000000000000'
+    count "user: both VFs on the group backend" 2 'IOMMU group [0-9]+, vfio-group$'
     grep -E "HIL ERROR|_EXIT=" "$LOG_HOST" | sed 's/^/[hil] L1 (host) said: /' || true
 fi
 
