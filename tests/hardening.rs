@@ -72,8 +72,14 @@ fn a_console_nobody_reads_does_not_stop_sigterm() {
     sigterm(&child);
     let (status, took) = wait_within(&mut child, Duration::from_secs(30), "flood");
     let stderr = stderr_of(&mut child);
+    // A vCPU blocked in a console write would only be given up on after
+    // the vCPU stop deadline; the time bound only catches a hang.
     assert!(
-        took < Duration::from_secs(4),
+        !stderr.contains("did not stop within"),
+        "a vCPU was stuck: {stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
         "SIGTERM took {took:?}: {stderr}"
     );
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
@@ -167,7 +173,7 @@ fn unbounded_inputs_are_refused_with_one_line() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(start.elapsed() < Duration::from_secs(5), "{args:?}");
+        assert!(start.elapsed() < Duration::from_secs(15), "{args:?}");
     }
 }
 

@@ -98,7 +98,7 @@ fn sigterm_presses_the_power_button_and_the_guest_powers_off() {
     sigterm(&child);
     let (status, took, stderr) = wait_exit(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{stderr}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
     let ev = events(&ev);
     let want = [
         "vmm:starting",
@@ -134,7 +134,7 @@ fn a_guest_that_ignores_the_button_is_stopped_after_the_timeout() {
         took >= Duration::from_secs(1),
         "waited for the guest: {took:?}"
     );
-    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(stderr.contains("did not power off within 1s"), "{stderr}");
 }
 
@@ -157,7 +157,7 @@ fn a_second_sigterm_stops_at_once() {
     let (status, took, stderr) = wait_exit(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(10),
         "the 25 s timeout was not waited for: {took:?}"
     );
     assert!(stderr.contains("stopped by signal 15"), "{stderr}");
