@@ -18,7 +18,7 @@
 #   HIL_BENCH_ROUNDS       rounds (default 3)
 #   HIL_BENCH_CH           a Cloud Hypervisor binary: joins the rotation
 #   HIL_BENCH_L2_ARGS      extra L2 kernel args (default "loglevel=4")
-#   HIL_BENCH_RUN_TIMEOUT  seconds each L2 run may take (default 180)
+#   HIL_BENCH_RUN_TIMEOUT  seconds each L2 run may take (default 120)
 #   HIL_BENCH_VERBOSE      1 = print every run's VMM log and L2 console
 #   HIL_L2_MEM             guest RAM in MiB (default 256)
 #   HIL_RUST_LOG           RUST_LOG for vflaunch (default info: it logs the DMA-map time)
@@ -31,7 +31,7 @@ export HIL_WORK=${HIL_WORK:-$REPO/target/hil}
 HIL_BENCH_ROUNDS=${HIL_BENCH_ROUNDS:-3}
 HIL_BENCH_CH=${HIL_BENCH_CH:-}
 HIL_BENCH_L2_ARGS=${HIL_BENCH_L2_ARGS-loglevel=4}
-HIL_BENCH_RUN_TIMEOUT=${HIL_BENCH_RUN_TIMEOUT:-180}
+HIL_BENCH_RUN_TIMEOUT=${HIL_BENCH_RUN_TIMEOUT:-120}
 HIL_BENCH_VERBOSE=${HIL_BENCH_VERBOSE:-0}
 HIL_L2_MEM=${HIL_L2_MEM:-256}
 HIL_RUST_LOG=${HIL_RUST_LOG:-info}
@@ -109,7 +109,7 @@ timeout "$HIL_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -machine q35 -m 30
     -no-reboot -display none -serial stdio -monitor none \
     -kernel "$KDIR/boot/vmlinuz-$KV" -initrd "$B/l1.cpio" \
     -append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt" \
-    </dev/null 2>&1 | tr -d '\r' | tee "$LOG" | grep --line-buffered -E '^(L1: |BENCH: |  (VMM|L2)\| )'
+    </dev/null 2>&1 | sed -u 's/\r$//' | tee "$LOG" | grep --line-buffered -E '^(L1: |BENCH: |  (VMM|L2)\| )'
 QRC=${PIPESTATUS[0]}
 set -e
 ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest-bench.log"
@@ -159,8 +159,9 @@ awk -v ch="$CH" '
                 print "  " sprintf("%-5s %-14s %3d", pg, "vflaunch/" V[v], n) line } } }
 ' "$ROWS" | sed 's/^/[bench] /'
 bad=$(grep -c -v -E ' rc=0 first=[0-9].* ping=[0-9]' "$ROWS" || true)
-if [ "$QRC" != 0 ] || [ "$bad" != 0 ]; then
-    say "$bad run(s) failed or timed out, L1 qemu exit code $QRC: see $LOG"
+want=$((HIL_BENCH_ROUNDS * 2 * (2 + CH)))
+if [ "$QRC" != 0 ] || [ "$bad" != 0 ] || [ "$(wc -l <"$ROWS")" != "$want" ] || ! grep -q '^L1: bench: done' "$LOG"; then
+    say "$bad run(s) failed or timed out, $(wc -l <"$ROWS") of $want runs reported, L1 qemu exit code $QRC: see $LOG"
     exit 1
 fi
 say "done: $(wc -l <"$ROWS") runs; rows in $ROWS, log in $LOG"
