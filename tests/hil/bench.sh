@@ -20,6 +20,9 @@
 #   HIL_BENCH_L2_ARGS      extra L2 kernel args (default "loglevel=4")
 #   HIL_BENCH_RUN_TIMEOUT  seconds each L2 run may take (default 120)
 #   HIL_BENCH_VERBOSE      1 = print every run's VMM log and L2 console
+#   HIL_BENCH_STALL        stop an L1 that printed nothing for this many seconds
+#                          (default HIL_BENCH_RUN_TIMEOUT + 60; TCG's nested SVM
+#                          freezes L1 now and then)
 #   HIL_L2_MEM             guest RAM in MiB (default 256)
 #   HIL_RUST_LOG           RUST_LOG for vflaunch (default info: it logs the DMA-map time)
 #   HIL_WORK, HIL_TIMEOUT (the L1 boot, default 1800), HIL_SKIP_BUILD: as in run.sh
@@ -33,6 +36,7 @@ HIL_BENCH_CH=${HIL_BENCH_CH:-}
 HIL_BENCH_L2_ARGS=${HIL_BENCH_L2_ARGS-loglevel=4}
 HIL_BENCH_RUN_TIMEOUT=${HIL_BENCH_RUN_TIMEOUT:-120}
 HIL_BENCH_VERBOSE=${HIL_BENCH_VERBOSE:-0}
+HIL_BENCH_STALL=${HIL_BENCH_STALL:-$((HIL_BENCH_RUN_TIMEOUT + 60))}
 HIL_L2_MEM=${HIL_L2_MEM:-256}
 HIL_RUST_LOG=${HIL_RUST_LOG:-info}
 HIL_TIMEOUT=${HIL_TIMEOUT:-1800}
@@ -100,7 +104,10 @@ say "L1 image $(du -m "$B/l1.cpio" | cut -f1) MiB (L1 kernel $KV; L2 kernel $(ca
 # --- one L1 boot, as run.sh boots the "debian" L1 --------------------------------
 LOG=$HIL_WORK/logs/bench-$(date +%Y%m%d-%H%M%S).log
 say "booting L1 (TCG, timeout ${HIL_TIMEOUT}s), $HIL_BENCH_ROUNDS round(s); log: $LOG"
-set +e
+# TCG's emulated SVM now and then freezes L1 while an L2 runs (L1's clock
+# makes no progress, so its own watchdog never fires): L1 is stopped when it has printed
+# nothing for HIL_BENCH_STALL seconds, and the rows it printed are kept.
+STALLED=0
 # shellcheck disable=SC2054 # the commas are QEMU's
 timeout "$HIL_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -machine q35 -m 3072 -smp 1 \
     -global q35-pcihost.pci-hole64-size=0 \
@@ -109,9 +116,28 @@ timeout "$HIL_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -machine q35 -m 30
     -no-reboot -display none -serial stdio -monitor none \
     -kernel "$KDIR/boot/vmlinuz-$KV" -initrd "$B/l1.cpio" \
     -append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt" \
-    </dev/null 2>&1 | sed -u 's/\r$//' | tee "$LOG" | grep --line-buffered -E '^(L1: |BENCH: |  (VMM|L2)\| )'
-QRC=${PIPESTATUS[0]}
+    </dev/null > >(sed -u 's/\r$//' >"$LOG") 2>&1 &
+QPID=$!
+tail -n +1 -F --pid="$QPID" "$LOG" 2>/dev/null | grep --line-buffered -E '^(L1: |BENCH: |  (VMM|L2)\| )' &
+TPID=$!
+size=-1 last=$SECONDS
+while kill -0 "$QPID" 2>/dev/null; do
+    sleep 5
+    n=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
+    if [ "$n" != "$size" ]; then
+        size=$n last=$SECONDS
+    elif [ $((SECONDS - last)) -ge "$HIL_BENCH_STALL" ] && [ "$STALLED" = 0 ]; then
+        say "L1 printed nothing for ${HIL_BENCH_STALL}s: it is frozen (TCG emulating nested SVM); stopping it"
+        STALLED=1
+        kill "$QPID" 2>/dev/null || true
+    fi
+done
+set +e
+wait "$QPID"
+QRC=$?
+wait "$TPID"
 set -e
+sleep 1 # the last lines through sed
 ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest-bench.log"
 say "L1 qemu exit code $QRC, $((SECONDS - T0))s in all"
 
@@ -161,7 +187,7 @@ awk -v ch="$CH" '
 bad=$(grep -c -v -E ' rc=0 first=[0-9].* ping=[0-9]' "$ROWS" || true)
 want=$((HIL_BENCH_ROUNDS * 2 * (2 + CH)))
 if [ "$QRC" != 0 ] || [ "$bad" != 0 ] || [ "$(wc -l <"$ROWS")" != "$want" ] || ! grep -q '^L1: bench: done' "$LOG"; then
-    say "$bad run(s) failed or timed out, $(wc -l <"$ROWS") of $want runs reported, L1 qemu exit code $QRC: see $LOG"
+    say "$bad run(s) failed or timed out, $(wc -l <"$ROWS") of $want runs reported$([ "$STALLED" = 0 ] || echo ", L1 froze"), L1 qemu exit code $QRC: see $LOG"
     exit 1
 fi
 say "done: $(wc -l <"$ROWS") runs; rows in $ROWS, log in $LOG"
