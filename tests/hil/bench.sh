@@ -21,8 +21,8 @@
 #   HIL_BENCH_RUN_TIMEOUT  seconds each L2 run may take (default 120)
 #   HIL_BENCH_VERBOSE      1 = print every run's VMM log and L2 console
 #   HIL_BENCH_STALL        stop an L1 that printed nothing for this many seconds
-#                          (default HIL_BENCH_RUN_TIMEOUT + 60; TCG's nested SVM
-#                          freezes L1 now and then)
+#                          (default HIL_BENCH_RUN_TIMEOUT + 60; L1 freezes now
+#                          and then)
 #   HIL_L2_MEM             guest RAM in MiB (default 256)
 #   HIL_RUST_LOG           RUST_LOG for vflaunch (default info: it logs the DMA-map time)
 #   HIL_WORK, HIL_TIMEOUT (the L1 boot, default 1800), HIL_SKIP_BUILD: as in run.sh
@@ -104,9 +104,9 @@ say "L1 image $(du -m "$B/l1.cpio" | cut -f1) MiB (L1 kernel $KV; L2 kernel $(ca
 # --- one L1 boot, as run.sh boots the "debian" L1 --------------------------------
 LOG=$HIL_WORK/logs/bench-$(date +%Y%m%d-%H%M%S).log
 say "booting L1 (TCG, timeout ${HIL_TIMEOUT}s), $HIL_BENCH_ROUNDS round(s); log: $LOG"
-# TCG's emulated SVM now and then freezes L1 while an L2 runs (L1's clock
-# makes no progress, so its own watchdog never fires): L1 is stopped when it has printed
-# nothing for HIL_BENCH_STALL seconds, and the rows it printed are kept.
+# Now and then L1 freezes while an L2 runs (no progress at all, so its own
+# run limit never fires; TCG's nested SVM or L1's KVM): L1 is stopped when
+# it has printed nothing for HIL_BENCH_STALL seconds; its rows are kept.
 STALLED=0
 # shellcheck disable=SC2054 # the commas are QEMU's
 timeout "$HIL_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -machine q35 -m 3072 -smp 1 \
@@ -127,7 +127,7 @@ while kill -0 "$QPID" 2>/dev/null; do
     if [ "$n" != "$size" ]; then
         size=$n last=$SECONDS
     elif [ $((SECONDS - last)) -ge "$HIL_BENCH_STALL" ] && [ "$STALLED" = 0 ]; then
-        say "L1 printed nothing for ${HIL_BENCH_STALL}s: it is frozen (TCG emulating nested SVM); stopping it"
+        say "L1 printed nothing for ${HIL_BENCH_STALL}s: it is frozen; stopping it (run bench.sh again)"
         STALLED=1
         kill "$QPID" 2>/dev/null || true
     fi
