@@ -1,0 +1,193 @@
+#!/bin/bash
+# Start-up benchmark in the rig (not a test; CI does not run it): vflaunch
+# against the reference qemu (and Cloud Hypervisor, if given) in ONE L1 boot.
+#
+#   host --(qemu TCG, intel-iommu, igb with SR-IOV)--> L1 (Debian's kernel,
+#   iommu=pt) --(each VMM in turn, nested KVM)--> L2 = the project's guest
+#   kernel + l2-init, 2 vCPUs, HIL_L2_MEM MiB, both VFs (DHCP lease + ping)
+#
+# Rounds of: every VMM with 2 MiB huge pages, then with 4 KiB pages; every
+# other round backwards. Per run (all times from L1's clock, from just before
+# the VMM starts): first console byte, L2 /init, first DHCP lease, ping done,
+# exit; the VMM's own resident memory (Rss + hugetlb - guest RAM, from
+# /proc/PID/smaps_rollup at ping done); vflaunch's DMA-map time. Then the
+# medians and the paired ratios (vflaunch / other, per round, median).
+# L1's side is tests/hil/l1-bench. See README.md here.
+#
+# Env knobs:
+#   HIL_BENCH_ROUNDS       rounds (default 3)
+#   HIL_BENCH_CH           a Cloud Hypervisor binary: joins the rotation
+#   HIL_BENCH_L2_ARGS      extra L2 kernel args (default "loglevel=4")
+#   HIL_BENCH_RUN_TIMEOUT  seconds each L2 run may take (default 120)
+#   HIL_BENCH_VERBOSE      1 = print every run's VMM log and L2 console
+#   HIL_BENCH_STALL        stop an L1 that printed nothing for this many seconds
+#                          (default HIL_BENCH_RUN_TIMEOUT + 60; L1 freezes now
+#                          and then)
+#   HIL_L2_MEM             guest RAM in MiB (default 256)
+#   HIL_RUST_LOG           RUST_LOG for vflaunch (default info: it logs the DMA-map time)
+#   HIL_WORK, HIL_TIMEOUT (the L1 boot, default 1800), HIL_SKIP_BUILD: as in run.sh
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+export HIL_WORK=${HIL_WORK:-$REPO/target/hil}
+HIL_BENCH_ROUNDS=${HIL_BENCH_ROUNDS:-3}
+HIL_BENCH_CH=${HIL_BENCH_CH:-}
+HIL_BENCH_L2_ARGS=${HIL_BENCH_L2_ARGS-loglevel=4}
+HIL_BENCH_RUN_TIMEOUT=${HIL_BENCH_RUN_TIMEOUT:-120}
+HIL_BENCH_VERBOSE=${HIL_BENCH_VERBOSE:-0}
+HIL_BENCH_STALL=${HIL_BENCH_STALL:-$((HIL_BENCH_RUN_TIMEOUT + 60))}
+HIL_L2_MEM=${HIL_L2_MEM:-256}
+HIL_RUST_LOG=${HIL_RUST_LOG:-info}
+HIL_TIMEOUT=${HIL_TIMEOUT:-1800}
+HIL_SKIP_BUILD=${HIL_SKIP_BUILD:-0}
+
+say() { echo "[bench] $*"; }
+die() { echo "[bench] ERROR: $*" >&2; exit 1; }
+
+case $HIL_BENCH_ROUNDS in '' | *[!0-9]* | 0) die "HIL_BENCH_ROUNDS must be a positive number, not '$HIL_BENCH_ROUNDS'" ;; esac
+case $HIL_L2_MEM in '' | *[!0-9]* | 0) die "HIL_L2_MEM must be a number of MiB, not '$HIL_L2_MEM'" ;; esac
+[ -z "$HIL_BENCH_CH" ] || [ -x "$HIL_BENCH_CH" ] || die "HIL_BENCH_CH=$HIL_BENCH_CH is not an executable"
+# shellcheck source=tests/hil/lib.sh
+. "$HERE/lib.sh"
+mkdir -p "$HIL_WORK/logs"
+hil_lock # one rig at a time per work dir (shared with run.sh and guest/run.sh --nested)
+
+T0=$SECONDS
+bash "$HERE/setup.sh"
+
+VFL=$REPO/target/release/vflaunch
+if [ "$HIL_SKIP_BUILD" != 1 ]; then
+    command -v cargo >/dev/null || PATH=$HOME/.cargo/bin:$PATH
+    say "cargo build --release"
+    (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
+fi
+[ -x "$VFL" ] || die "$VFL does not exist: build it first or unset HIL_SKIP_BUILD"
+KRES=$(bash "$REPO/guest/build-kernel.sh" --kernel guest | tail -n1) || die "guest/build-kernel.sh --kernel guest failed"
+[ -f "$KRES/bzImage" ] || die "guest/build-kernel.sh gave no bzImage in '$KRES'"
+hil_kernel # KDIR, KV, MODDIR
+
+# --- images: L2 = busybox + l2-init (no modules); L1 = l1-bench + the VMMs ------
+B=$HIL_WORK/bench
+mkdir -p "$B"
+new_root "$B/l2root" "$HERE/l2-init"
+mk_cpio "$B/l2root" "$B/l2.cpio"
+R=$B/l1root
+new_root "$R" "$HERE/l1-bench"
+add_elf "$R" "$(command -v ip)" iproute2-ip
+add_elf "$R" "$VFL"
+add_elf "$R" "$(command -v qemu-system-x86_64)"
+mkdir -p "$R/usr/share/qemu" "$R/l2"
+# qboot as BIOS; linuxboot_dma.bin loads -kernel; kvmvapic.bin is always loaded.
+for f in qboot.rom linuxboot_dma.bin kvmvapic.bin; do cp -L "/usr/share/qemu/$f" "$R/usr/share/qemu/"; done
+add_modules "$R" dca i2c-algo-bit igb vfio vfio_iommu_type1 irqbypass vfio-pci-core vfio-pci kvm ccp kvm-amd
+cp "$KRES/bzImage" "$R/l2/bzImage"
+cp "$B/l2.cpio" "$R/l2/l2.cpio"
+CH=0
+if [ -n "$HIL_BENCH_CH" ]; then
+    add_elf "$R" "$HIL_BENCH_CH" cloud-hypervisor
+    cp "$KRES/vmlinux" "$R/l2/vmlinux" # CH boots the same build through PVH
+    CH=1
+fi
+{
+    echo "HIL_BENCH_ROUNDS=$((HIL_BENCH_ROUNDS))"
+    echo "HIL_BENCH_RUN_TIMEOUT=$((HIL_BENCH_RUN_TIMEOUT))"
+    echo "HIL_BENCH_L2_ARGS=$(shq "$HIL_BENCH_L2_ARGS")"
+    echo "HIL_BENCH_VERBOSE=$(shq "$HIL_BENCH_VERBOSE")"
+    echo "HIL_BENCH_CH=$CH"
+    echo "HIL_L2_MEM=$((HIL_L2_MEM))"
+    echo "HIL_RUST_LOG=$(shq "$HIL_RUST_LOG")"
+} >"$R/bench.conf"
+mk_cpio "$R" "$B/l1.cpio"
+say "L1 image $(du -m "$B/l1.cpio" | cut -f1) MiB (L1 kernel $KV; L2 kernel $(cat "$KRES/release")); VMMs: vflaunch qemu${HIL_BENCH_CH:+ ch ($HIL_BENCH_CH)}"
+
+# --- one L1 boot, as run.sh boots the "debian" L1 --------------------------------
+LOG=$HIL_WORK/logs/bench-$(date +%Y%m%d-%H%M%S).log
+say "booting L1 (TCG, timeout ${HIL_TIMEOUT}s), $HIL_BENCH_ROUNDS round(s); log: $LOG"
+# Now and then L1 freezes while an L2 runs (no progress at all, so its own
+# run limit never fires; TCG's nested SVM or L1's KVM): L1 is stopped when
+# it has printed nothing for HIL_BENCH_STALL seconds; its rows are kept.
+STALLED=0
+# shellcheck disable=SC2054 # the commas are QEMU's
+timeout "$HIL_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -machine q35 -m 3072 -smp 1 \
+    -global q35-pcihost.pci-hole64-size=0 \
+    -netdev user,id=n0 -device igb,netdev=n0,romfile= \
+    -device intel-iommu,intremap=on \
+    -no-reboot -display none -serial stdio -monitor none \
+    -kernel "$KDIR/boot/vmlinuz-$KV" -initrd "$B/l1.cpio" \
+    -append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt" \
+    </dev/null > >(sed -u 's/\r$//' >"$LOG") 2>&1 &
+QPID=$!
+tail -n +1 -F --pid="$QPID" "$LOG" 2>/dev/null | grep --line-buffered -E '^(L1: |BENCH: |  (VMM|L2)\| )' &
+TPID=$!
+size=-1 last=$SECONDS
+while kill -0 "$QPID" 2>/dev/null; do
+    sleep 5
+    n=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
+    if [ "$n" != "$size" ]; then
+        size=$n last=$SECONDS
+    elif [ $((SECONDS - last)) -ge "$HIL_BENCH_STALL" ] && [ "$STALLED" = 0 ]; then
+        say "L1 printed nothing for ${HIL_BENCH_STALL}s: it is frozen; stopping it (run bench.sh again)"
+        STALLED=1
+        kill "$QPID" 2>/dev/null || true
+    fi
+done
+set +e
+wait "$QPID"
+QRC=$?
+wait "$TPID"
+set -e
+sleep 1 # the last lines through sed
+ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest-bench.log"
+say "L1 qemu exit code $QRC, $((SECONDS - T0))s in all"
+
+# --- tables ------------------------------------------------------------------------
+ROWS=$HIL_WORK/logs/bench-rows.txt
+sed -n 's/^BENCH: row //p' "$LOG" >"$ROWS"
+[ -s "$ROWS" ] || die "L1 printed no BENCH rows (see $LOG)"
+awk -v ch="$CH" '
+    function med(key,   n, i, j, v, t) { n = cnt[key]; if (!n) return "-"
+        for (i = 1; i <= n; i++) v[i] = val[key, i]
+        for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
+    function add(key, x) { if (x == "-" || x == "") return; cnt[key]++; val[key, cnt[key]] = x + 0 }
+    function fmt(x, f) { return x == "-" ? "-" : sprintf(f, x) }
+    BEGIN { nm = split("first init lease ping exit own dma", M, " ")
+        split("first byte|/init|lease|ping done|exit|own MiB|DMA ms", H, "|")
+        split("%.3f %.3f %.3f %.3f %.3f %.1f %.0f", F, " ")
+        nv = split(ch ? "vflaunch qemu ch" : "vflaunch qemu", V, " ") }
+    { delete f; for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+        if (f["own_kib"] != "-") f["own"] = f["own_kib"] / 1024; else f["own"] = "-"
+        f["dma"] = f["dma_ms"]
+        ok = f["rc"] == 0 && $0 !~ / timeout/
+        rows[++nr] = sprintf("%-5s %-5s %-9s %3s", f["round"], f["pages"], f["vmm"], f["rc"] ($0 ~ / timeout/ ? "T" : ""))
+        for (m = 1; m <= nm; m++) { rows[nr] = rows[nr] sprintf(" %10s", fmt(f[M[m]], F[m]))
+            if (ok) { add(f["vmm"] SUBSEP f["pages"] SUBSEP M[m], f[M[m]]); run[f["round"], f["pages"], f["vmm"], M[m]] = f[M[m]] } }
+        rounds[f["round"]] = 1 }
+    END {
+        hdr = sprintf("%-5s %-5s %-9s %3s", "round", "pages", "VMM", "rc"); for (m = 1; m <= nm; m++) hdr = hdr sprintf(" %10s", H[m])
+        print "per run (seconds from launch, L1 clock; own = Rss + hugetlb - guest RAM at ping done):"; print "  " hdr
+        for (i = 1; i <= nr; i++) print "  " rows[i]
+        print ""; print "medians:"; hdr = sprintf("%-5s %-9s %3s", "pages", "VMM", "n"); for (m = 1; m <= nm; m++) hdr = hdr sprintf(" %10s", H[m]); print "  " hdr
+        for (p = 1; p <= 2; p++) { pg = p == 1 ? "2M" : "4K"
+            for (v = 1; v <= nv; v++) { line = sprintf("%-5s %-9s %3d", pg, V[v], cnt[V[v] SUBSEP pg SUBSEP "exit"])
+                for (m = 1; m <= nm; m++) line = line sprintf(" %10s", fmt(med(V[v] SUBSEP pg SUBSEP M[m]), F[m])); print "  " line } }
+        print ""; print "paired ratios vflaunch / other (median over the rounds where both ran; < 1 = vflaunch better):"
+        hdr = sprintf("%-5s %-14s %3s", "pages", "ratio", "n"); for (m = 1; m <= nm - 1; m++) hdr = hdr sprintf(" %10s", H[m]); print "  " hdr
+        for (p = 1; p <= 2; p++) { pg = p == 1 ? "2M" : "4K"
+            for (v = 2; v <= nv; v++) { n = 0
+                line = ""
+                for (m = 1; m <= nm - 1; m++) { key = "r" SUBSEP pg SUBSEP V[v] SUBSEP M[m]; k = 0
+                    for (r in rounds) { a = run[r, pg, "vflaunch", M[m]]; b = run[r, pg, V[v], M[m]]
+                        if (a != "" && a != "-" && b != "" && b != "-" && b + 0 > 0) add(key, a / b) }
+                    if (cnt[key] > n) n = cnt[key]
+                    line = line sprintf(" %10s", fmt(med(key), "%.2f")) }
+                print "  " sprintf("%-5s %-14s %3d", pg, "vflaunch/" V[v], n) line } } }
+' "$ROWS" | sed 's/^/[bench] /'
+bad=$(grep -c -v -E ' rc=0 first=[0-9].* ping=[0-9]' "$ROWS" || true)
+want=$((HIL_BENCH_ROUNDS * 2 * (2 + CH)))
+if [ "$QRC" != 0 ] || [ "$bad" != 0 ] || [ "$(wc -l <"$ROWS")" != "$want" ] || ! grep -q '^L1: bench: done' "$LOG"; then
+    say "$bad run(s) failed or timed out, $(wc -l <"$ROWS") of $want runs reported$([ "$STALLED" = 0 ] || echo ", L1 froze"), L1 qemu exit code $QRC: see $LOG"
+    exit 1
+fi
+say "done: $(wc -l <"$ROWS") runs; rows in $ROWS, log in $LOG"
