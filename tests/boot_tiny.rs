@@ -7,36 +7,10 @@ use std::time::Duration;
 
 use common::*;
 
-/// Boots `kernel` (an ELF image) with `--memory 64M` plus `args`; `None`
-/// (after reporting `test` as skipped) where /dev/kvm cannot be used.
-fn boot(
-    test: &str,
-    kernel: &[u8],
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Option<std::process::Output> {
-    if let Some(why) = kvm_unusable() {
-        skip(test, &why);
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "guest.elf", kernel);
-    let mut argv = vec![
-        "run",
-        "--kernel",
-        &path,
-        "--memory",
-        "64M",
-        "--no-devices-from-env",
-    ];
-    argv.extend_from_slice(args);
-    Some(run_vflaunch(&argv, env, Duration::from_secs(120)))
-}
-
 #[test]
 fn tiny_guest_prints_and_powers_off() {
     let code = tiny_poweroff_code(b"hello from the guest\n", 0x34);
-    let Some(out) = boot(
+    let Some(out) = boot_tiny(
         "tiny_guest_prints_and_powers_off",
         &elf64(&code, false),
         &[],
@@ -59,7 +33,7 @@ fn tiny_guest_prints_and_powers_off() {
 fn tiny_guest_reset_exits_nonzero() {
     // Writing the ACPI reset value instead of S5: a guest reboot.
     let code = tiny_poweroff_code(b"bye\n", 0x01);
-    let Some(out) = boot(
+    let Some(out) = boot_tiny(
         "tiny_guest_reset_exits_nonzero",
         &elf64(&code, false),
         &["--cpus", "2"],
@@ -77,7 +51,7 @@ fn tiny_guest_reset_exits_nonzero() {
 fn i8042_reset_is_a_clean_stop() {
     // Linux with reboot=k: command 0xfe on port 0x64.
     let code = tiny_out_code(b"k\n", 0x64, 0xfe);
-    let Some(out) = boot(
+    let Some(out) = boot_tiny(
         "i8042_reset_is_a_clean_stop",
         &elf64(&code, false),
         &[],
@@ -98,7 +72,7 @@ fn pvh_guest_gets_start_info_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = write_file(dir.path(), "initrd", b"not really an initramfs");
     let code = tiny_pvh_code(b"pvh ok\n");
-    let Some(out) = boot(
+    let Some(out) = boot_tiny(
         "pvh_guest_gets_start_info_and_powers_off",
         &elf64(&code, true),
         &["--initramfs", &initrd],

@@ -6,7 +6,6 @@
 mod common;
 
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use common::*;
 
@@ -32,27 +31,9 @@ fn check_ids_code(ids: &[(u8, u32)], msg: &[u8]) -> Vec<u8> {
     c
 }
 
+/// Boots `kernel` with `RUST_LOG=info`, so that the device lines can be checked.
 fn boot(test: &str, kernel: &[u8], args: &[&str]) -> Option<std::process::Output> {
-    if let Some(why) = kvm_unusable() {
-        skip(test, &why);
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "guest.elf", kernel);
-    let mut argv = vec![
-        "run",
-        "--kernel",
-        &path,
-        "--memory",
-        "64M",
-        "--no-devices-from-env",
-    ];
-    argv.extend_from_slice(args);
-    Some(run_vflaunch(
-        &argv,
-        &[("RUST_LOG", "info")],
-        Duration::from_secs(120),
-    ))
+    boot_tiny(test, kernel, args, &[("RUST_LOG", "info")])
 }
 
 #[test]

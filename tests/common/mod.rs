@@ -119,6 +119,32 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Boots `kernel` (an ELF image) with `--memory 64M` plus `args`; `None`
+/// (after reporting `test` as skipped) where /dev/kvm cannot be used.
+pub fn boot_tiny(
+    test: &str,
+    kernel: &[u8],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Option<std::process::Output> {
+    if let Some(why) = kvm_unusable() {
+        skip(test, &why);
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "guest.elf", kernel);
+    let mut argv = vec![
+        "run",
+        "--kernel",
+        &path,
+        "--memory",
+        "64M",
+        "--no-devices-from-env",
+    ];
+    argv.extend_from_slice(args);
+    Some(run_vflaunch(&argv, env, Duration::from_secs(120)))
+}
+
 #[cfg(test)]
 mod tests {
     // `super::` paths, no `use`: in the bench (harness = false) the tests
