@@ -263,18 +263,7 @@ mod tests {
 
     #[test]
     fn everything_reaches_a_sink_that_keeps_up() {
-        #[derive(Clone, Default)]
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let sink = Sink::default();
+        let sink = crate::devices::SharedSink::default();
         let mut out = ConsoleOutput::new(Box::new(sink.clone()), 1 << 20).unwrap();
         let mut w = out.writer();
         for b in b"hello\n" {

@@ -72,26 +72,14 @@ impl BusDevice for SerialConsole {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use crate::devices::SharedSink;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn transmits_to_writer_and_raises_irq_on_input() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let sink = Sink::default();
+        let sink = SharedSink::default();
         let mut s = SerialConsole::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
         for b in b"ok\n" {
             s.write(0, &[*b]);
@@ -109,7 +97,7 @@ mod tests {
     #[test]
     fn wide_accesses_cover_consecutive_registers() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let sink = Sink::default();
+        let sink = SharedSink::default();
         let mut s = SerialConsole::new(irq, Box::new(sink.clone()));
         // Line control (3) with DLAB clear, then a 4-byte read at 2: IIR,
         // LCR, MCR, LSR; nothing is left as the caller's stale bytes.

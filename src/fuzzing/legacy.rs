@@ -7,7 +7,6 @@
 //! the guest wrote to its data register, in order; unclaimed ports read
 //! all ones.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use super::Input;
@@ -17,19 +16,6 @@ use crate::devices::bus::Bus;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialConsole;
 use crate::exit::{ExitReason, ExitSignal};
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// `small` is a subsequence of `big`.
 fn subsequence(small: &[u8], big: &[u8]) -> bool {
@@ -43,7 +29,7 @@ pub fn legacy(data: &[u8]) {
     let pio = Bus::default();
     let exit = Arc::new(ExitSignal::new().expect("an eventfd"));
     let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd");
-    let sink = Sink::default();
+    let sink = crate::devices::SharedSink::default();
     let serial = Arc::new(Mutex::new(SerialConsole::new(irq, Box::new(sink.clone()))));
     let com1 = u64::from(layout::SERIAL_PORT);
     let i8042 = u64::from(layout::I8042_PORT);
