@@ -152,16 +152,11 @@ fn katas_sequence_ends_with_the_process_gone_in_3_s() {
     assert!(body.contains(&format!("\"pid\":{}", child.id())), "{body}");
     let t = Instant::now();
     assert_eq!(api(&sock, "PUT", "vmm.shutdown", None).0, 204);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(3),
-            "still running 3 s after vmm.shutdown"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (status, _) = wait_within(&mut child, Duration::from_secs(3), "vmm.shutdown");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "still running 3 s after vmm.shutdown"
+    );
     assert_eq!(status.code(), Some(0));
     assert!(!sock.exists(), "the socket is removed");
     let order: Vec<String> = std::fs::read_to_string(&events)
@@ -226,13 +221,8 @@ fn create_refuses_what_vflaunch_lacks_and_checks_the_host_first() {
     assert_eq!(api(&sock, "PUT", "vm.delete", None).0, 204);
     assert_eq!(api(&sock, "GET", "vm.info", None).0, 404);
     // SIGTERM with no guest: out at once.
-    // SAFETY: plain kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sigterm(&child);
+    wait_within(&mut child, Duration::from_secs(10), "SIGTERM with no guest");
 }
 
 /// schemathesis (installed by tests/run.sh, named by `VFLAUNCH_SCHEMATHESIS`)

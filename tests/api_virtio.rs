@@ -210,17 +210,7 @@ fn katas_virtio_sequence() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another VM"));
     assert_eq!(http(&sock, "PUT", "vmm.shutdown", None, &[]).0, 204);
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "still running after vmm.shutdown"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (status, _) = wait_within(&mut child, Duration::from_secs(10), "vmm.shutdown");
     assert_eq!(status.code(), Some(0));
     client
         .set_read_timeout(Some(Duration::from_secs(5)))

@@ -4,31 +4,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ExitStatus};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Waits for `child` up to `limit`; kills it and panics past that.
-fn wait_within(child: &mut Child, limit: Duration, what: &str) -> (ExitStatus, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return (s, start.elapsed());
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: vflaunch still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn sigterm(child: &Child) {
-    // SAFETY: plain kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-}
 
 fn stderr_of(child: &mut Child) -> String {
     let mut s = String::new();

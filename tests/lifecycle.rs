@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Read;
 use std::process::{Child, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -36,23 +36,8 @@ fn wait_for(child: &mut Child, line: &[u8]) {
     assert_eq!(got, line);
 }
 
-fn sigterm(child: &Child) {
-    // SAFETY: plain kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-}
-
 fn wait_exit(child: &mut Child, limit: Duration) -> (ExitStatus, Duration, String) {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("vflaunch did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (status, took) = wait_within(child, limit, "vflaunch");
     let mut stderr = String::new();
     child
         .stderr
@@ -60,7 +45,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> (ExitStatus, Duration, Strin
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    (status, start.elapsed(), stderr)
+    (status, took, stderr)
 }
 
 fn events(path: &std::path::Path) -> Vec<String> {

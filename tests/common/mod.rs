@@ -112,6 +112,32 @@ pub fn run_vflaunch(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> 
     }
 }
 
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+}
+
+/// Waits for `child` up to `limit`; kills it and panics past that.
+pub fn wait_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s, start.elapsed());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: vflaunch still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Writes `bytes` to `dir/name` and returns the path as a string.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let p = dir.join(name);
