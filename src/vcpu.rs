@@ -110,11 +110,13 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
 }
 
 impl Vcpu {
-    /// Creates and configures vCPU `id` of `count`; vCPU 0 gets the boot state.
+    /// Creates and configures vCPU `id` of `count` (`tsc_deadline`: KVM
+    /// emulates the TSC deadline timer); vCPU 0 gets the boot state.
     pub fn new(
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         supported_cpuid: &CpuId,
+        tsc_deadline: bool,
         id: u8,
         count: u8,
         boot: &BootEntry,
@@ -122,7 +124,11 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|e| VcpuError::Create(id, e))?;
-        fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, id, count))
+        let extras = cpuid::CpuidExtras {
+            tsc_deadline,
+            tsc_khz: fd.get_tsc_khz().ok().filter(|&khz| khz > 0),
+        };
+        fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, id, count, &extras))
             .map_err(|e| VcpuError::Cpuid(id, e))?;
         let r = |e| VcpuError::Regs(id, e);
         regs::setup_msrs(&fd).map_err(r)?;
@@ -145,7 +151,10 @@ impl Vcpu {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run(&buses, &control))
+            .spawn(move || {
+                let _end = EndGuard(&control);
+                self.run(&buses, &control)
+            })
             .map_err(|e| VcpuError::Spawn(id, e))
     }
 
@@ -243,6 +252,20 @@ pub struct VcpuControl {
     /// (pause wanted, vCPUs parked).
     pause: Mutex<(bool, usize)>,
     cv: Condvar,
+    /// vCPU threads that returned from their run loop, and its signal: a
+    /// stop wakes as soon as the last one is out, not at the next poll.
+    ended: Mutex<usize>,
+    ended_cv: Condvar,
+}
+
+/// Counts its vCPU thread as ended when dropped (also on a panic).
+struct EndGuard<'a>(&'a VcpuControl);
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.ended) += 1;
+        self.0.ended_cv.notify_all();
+    }
 }
 
 impl VcpuControl {
@@ -253,6 +276,8 @@ impl VcpuControl {
             exits: Default::default(),
             pause: Mutex::new((false, 0)),
             cv: Condvar::new(),
+            ended: Mutex::new(0),
+            ended_cv: Condvar::new(),
         })
     }
 
@@ -290,6 +315,8 @@ const VCPU_DEADLINE: Duration = Duration::from_secs(5);
 pub struct VcpuSet {
     handles: Vec<JoinHandle<()>>,
     control: Arc<VcpuControl>,
+    /// `control.ended` when this set started (the count is the control's).
+    ended_before: usize,
 }
 
 impl VcpuSet {
@@ -299,9 +326,11 @@ impl VcpuSet {
         buses: &Arc<Buses>,
         control: Arc<VcpuControl>,
     ) -> Result<Self, VcpuError> {
+        let ended_before = *lock(&control.ended);
         let mut set = VcpuSet {
             handles: Vec::new(),
             control,
+            ended_before,
         };
         for v in vcpus {
             // On an error the threads already started stop when `set` drops.
@@ -345,14 +374,27 @@ impl VcpuSet {
     /// left behind, so that tear-down still goes on. Returns how many stopped.
     pub fn stop(&mut self) -> usize {
         self.control.cv.notify_all();
+        let n = self.handles.len() + self.ended_before;
         let start = Instant::now();
-        while self.handles.iter().any(|h| !h.is_finished()) && start.elapsed() < VCPU_DEADLINE {
+        let mut ended = lock(&self.control.ended);
+        while *ended < n && start.elapsed() < VCPU_DEADLINE {
+            drop(ended);
             self.kick();
-            std::thread::sleep(Duration::from_millis(2));
+            ended = lock(&self.control.ended);
+            // Woken by the last vCPU's end; re-kick one that was not in KVM_RUN yet.
+            ended = self
+                .control
+                .ended_cv
+                .wait_timeout(ended, Duration::from_millis(2))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+        // Every thread is out of its loop: what is left of each is its drop.
+        let all_ended = *ended >= n;
+        drop(ended);
         let mut stopped = 0;
         for h in self.handles.drain(..) {
-            if h.is_finished() {
+            if all_ended || h.is_finished() {
                 let _ = h.join();
                 stopped += 1;
             } else {

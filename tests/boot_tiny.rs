@@ -134,3 +134,43 @@ fn bad_input_fails_with_one_line_and_usage_codes() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("0000:7f:1f.7"), "{stderr}");
 }
+
+#[test]
+fn guest_cpuid_has_tsc_deadline_and_the_timing_leaf() {
+    // What the guest reads: CPUID.1:ECX, 0x40000000:EAX, 0x40000010:EAX/EBX.
+    let queries = [(1, 2), (0x4000_0000, 0), (0x4000_0010, 0), (0x4000_0010, 1)];
+    let code = tiny_cpuid_code(&queries, 0x34);
+    let test = "guest_cpuid_has_tsc_deadline_and_the_timing_leaf";
+    let Some(out) = boot_tiny(test, &elf64(&code, false), &[], &[]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(out.stdout.len(), 16, "4 registers: {:?}", out.stdout);
+    let reg = |i: usize| u32::from_le_bytes(out.stdout[i * 4..i * 4 + 4].try_into().unwrap());
+    // What this host's KVM says, asked the same way vflaunch asks it.
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    let vm = kvm.create_vm().unwrap();
+    let khz = vm.create_vcpu(0).unwrap().get_tsc_khz().unwrap_or(0);
+    assert_ne!(reg(0) & (1 << 31), 0, "hypervisor bit");
+    assert_eq!(
+        reg(0) & (1 << 24) != 0,
+        deadline,
+        "TSC deadline timer as KVM emulates it"
+    );
+    if khz == 0 {
+        skip(
+            test,
+            "KVM_GET_TSC_KHZ gives no frequency here: timing leaf not checked",
+        );
+        return;
+    }
+    assert!(
+        reg(1) >= 0x4000_0010,
+        "the signature leaf announces the timing leaf: {:#x}",
+        reg(1)
+    );
+    assert_eq!(reg(2), khz, "TSC kHz");
+    assert_eq!(reg(3), 1_000_000, "KVM's APIC bus: 1 GHz");
+}

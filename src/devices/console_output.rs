@@ -33,12 +33,25 @@ struct State {
     closed: bool,
     /// The sink failed; everything after is dropped.
     broken: bool,
+    /// The writer thread is out of its loop (signalled on `done_cv`).
+    done: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
     cv: Condvar,
+    done_cv: Condvar,
     capacity: usize,
+}
+
+/// Marks the writer thread done when dropped (also on a panic in the sink).
+struct DoneGuard<'a>(&'a Shared);
+
+impl Drop for DoneGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).done = true;
+        self.0.done_cv.notify_all();
+    }
 }
 
 /// The UART's side: a `Write` that never blocks on the sink.
@@ -95,6 +108,7 @@ impl ConsoleOutput {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
+            done_cv: Condvar::new(),
             capacity,
         });
         let s = shared.clone();
@@ -125,11 +139,22 @@ impl ConsoleOutput {
         lock(&self.shared.state).closed = true;
         self.shared.cv.notify_all();
         if let Some(t) = self.thread.take() {
-            let start = Instant::now();
-            while !t.is_finished() && start.elapsed() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
+            let end = Instant::now() + deadline;
+            let mut s = lock(&self.shared.state);
+            while !s.done {
+                let Some(left) = end.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                s = self
+                    .shared
+                    .done_cv
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
-            if t.is_finished() {
+            let done = s.done;
+            drop(s);
+            if done {
                 let _ = t.join();
             }
             // Otherwise the sink is blocked: the thread is left behind.
@@ -154,6 +179,7 @@ impl Drop for ConsoleOutput {
 }
 
 fn drain(shared: &Shared, mut sink: Box<dyn Write + Send>) {
+    let _done = DoneGuard(shared);
     loop {
         let chunk: Vec<u8> = {
             let mut s = lock(&shared.state);

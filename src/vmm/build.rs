@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Cap, Kvm};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VmState, Vmm, VmmError};
@@ -42,7 +42,7 @@ fn eventfd() -> Result<EventFd, VmmError> {
 }
 
 impl Vmm {
-    /// KVM, the VM with its irqchip and PIT, and guest RAM in its memory slots.
+    /// KVM, the VM with its irqchip, and guest RAM in its memory slots.
     pub(super) fn create_vm(cfg: &VmConfig) -> Result<Self, VmmError> {
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         let vm = Arc::new(vm::create_vm(&kvm)?);
@@ -56,7 +56,16 @@ impl Vmm {
         log::info!("guest RAM: {} MiB in {pages}", cfg.memory >> 20);
         // One mapper for the VM: it hands out the memory slot numbers.
         let mapper = Arc::new(KvmGuestMapper::new(vm.clone()));
-        mapper.register_ram(&mem)?;
+        // Registering RAM with KVM waits for an SRCU grace period (about
+        // 4 ms here, whatever the size): done beside the rest of the build
+        // and waited for before the vCPUs can start (`wait_ram_slots`).
+        let ram_slots = {
+            let (mapper, mem) = (mapper.clone(), mem.clone());
+            std::thread::Builder::new()
+                .name("ram-slots".into())
+                .spawn(move || mapper.register_ram(&mem))
+                .map_err(|e| VmmError::Os("cannot start the memory slot thread", e))?
+        };
         let exit =
             Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
         Ok(Vmm {
@@ -80,6 +89,7 @@ impl Vmm {
             backend: None,
             dma_gate: None,
             dma_thread: None,
+            ram_slots: Some(ram_slots),
             router: None,
             bars: None,
             container: None,
@@ -311,6 +321,18 @@ impl Vmm {
         Ok(())
     }
 
+    /// Waits until guest RAM is in KVM's memory slots (see `create_vm`).
+    pub(super) fn wait_ram_slots(&mut self) -> Result<(), VmmError> {
+        match self.ram_slots.take().map(|t| t.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e.into()),
+            Some(Err(_)) => Err(VmmError::Os(
+                "the memory slot thread failed",
+                std::io::Error::other("it panicked"),
+            )),
+        }
+    }
+
     /// Creates and configures the vCPUs; vCPU 0 gets the boot state.
     pub(super) fn create_vcpus(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
         let supported = self
@@ -321,8 +343,17 @@ impl Vmm {
             self.state,
             "create vCPUs before loading the kernel",
         ))?;
+        let tsc_deadline = self._kvm.check_extension(Cap::TscDeadlineTimer);
         for id in 0..cfg.cpus {
-            let v = Vcpu::new(&self.vm, &self.mem, &supported, id, cfg.cpus, &entry)?;
+            let v = Vcpu::new(
+                &self.vm,
+                &self.mem,
+                &supported,
+                tsc_deadline,
+                id,
+                cfg.cpus,
+                &entry,
+            )?;
             self.vcpus.push(v);
         }
         Ok(())

@@ -141,3 +141,25 @@ pub fn tiny_pvh_power_button_code(msg: &[u8], event_reg: u32, mask: u8) -> Vec<u
     c.extend_from_slice(msg);
     c
 }
+
+/// 64-bit code: run CPUID for each `(leaf, register)` (register 0..=3 =
+/// EAX, EBX, ECX, EDX; subleaf 0) and write the register's 4 bytes, little
+/// endian, to COM1; then power off with `pm_value` as `tiny_poweroff_code`.
+pub fn tiny_cpuid_code(queries: &[(u32, u8)], pm_value: u8) -> Vec<u8> {
+    let mut c = Vec::new();
+    for &(leaf, reg) in queries {
+        c.push(0xb8); // mov eax, leaf
+        c.extend_from_slice(&leaf.to_le_bytes());
+        c.extend_from_slice(&[0x31, 0xc9, 0x0f, 0xa2]); // xor ecx, ecx; cpuid
+                                                        // mov esi, <reg> (esi survives the loop; cpuid clobbered edx)
+        c.extend_from_slice(&[0x89, [0xc6, 0xde, 0xce, 0xd6][usize::from(reg & 3)]]);
+        c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+        c.extend_from_slice(&[0xb9, 4, 0, 0, 0]); // mov ecx, 4
+                                                  // loop: mov eax, esi; out dx, al; shr esi, 8; dec ecx; jnz loop
+        c.extend_from_slice(&[0x89, 0xf0, 0xee, 0xc1, 0xee, 0x08, 0xff, 0xc9, 0x75, 0xf6]);
+    }
+    c.extend_from_slice(&[0x66, 0xba, 0x00, 0x06]); // mov dx, 0x600
+    c.extend_from_slice(&[0xb0, pm_value, 0xee]); // mov al, value; out dx, al
+    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+    c
+}
