@@ -95,7 +95,10 @@ fn qemu_cmd(qemu: &Path, kernel: &str, mem: &str) -> Command {
         "-accel",
         "kvm",
         "-cpu",
-        "host",
+        // qemu 10.0 sets IA32_ARCH_CAPABILITIES with `host`, which a nested
+        // KVM can refuse ("failed to set MSR 0x10a", abort); vflaunch sets
+        // no such MSR either.
+        "host,arch-capabilities=off",
         "-m",
         mem,
         "-smp",

@@ -10,7 +10,9 @@
 # other round backwards. Per run (all times from L1's clock, from just before
 # the VMM starts): first console byte, L2 /init, first DHCP lease, ping done,
 # exit; the VMM's own resident memory (Rss + hugetlb - guest RAM, from
-# /proc/PID/smaps_rollup at ping done); vflaunch's DMA-map time. Then the
+# /proc/PID/smaps_rollup at ping done); vflaunch's DMA-map time; L1's KVM
+# exit counters of the VM at L2 /init (debugfs; the row also has io, mmio,
+# halt, irq and irq-window exits). Then the
 # medians and the paired ratios (vflaunch / other, per round, median).
 # L1's side is tests/hil/l1-bench. See README.md here.
 #
@@ -152,9 +154,9 @@ awk -v ch="$CH" '
         return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
     function add(key, x) { if (x == "-" || x == "") return; cnt[key]++; val[key, cnt[key]] = x + 0 }
     function fmt(x, f) { return x == "-" ? "-" : sprintf(f, x) }
-    BEGIN { nm = split("first init lease ping exit own dma", M, " ")
-        split("first byte|/init|lease|ping done|exit|own MiB|DMA ms", H, "|")
-        split("%.3f %.3f %.3f %.3f %.3f %.1f %.0f", F, " ")
+    BEGIN { nm = split("first init lease ping exit exits own dma", M, " ")
+        split("first byte|/init|lease|ping done|exit|KVM exits|own MiB|DMA ms", H, "|")
+        split("%.3f %.3f %.3f %.3f %.3f %.0f %.1f %.0f", F, " ")
         nv = split(ch ? "vflaunch qemu ch" : "vflaunch qemu", V, " ") }
     { delete f; for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
         if (f["own_kib"] != "-") f["own"] = f["own_kib"] / 1024; else f["own"] = "-"
@@ -166,7 +168,7 @@ awk -v ch="$CH" '
         rounds[f["round"]] = 1 }
     END {
         hdr = sprintf("%-5s %-5s %-9s %3s", "round", "pages", "VMM", "rc"); for (m = 1; m <= nm; m++) hdr = hdr sprintf(" %10s", H[m])
-        print "per run (seconds from launch, L1 clock; own = Rss + hugetlb - guest RAM at ping done):"; print "  " hdr
+        print "per run (seconds from launch, L1 clock; KVM exits = L1 KVM exits of the VM up to L2 /init; own = Rss + hugetlb - guest RAM at ping done):"; print "  " hdr
         for (i = 1; i <= nr; i++) print "  " rows[i]
         print ""; print "medians:"; hdr = sprintf("%-5s %-9s %3s", "pages", "VMM", "n"); for (m = 1; m <= nm; m++) hdr = hdr sprintf(" %10s", H[m]); print "  " hdr
         for (p = 1; p <= 2; p++) { pg = p == 1 ? "2M" : "4K"
