@@ -40,10 +40,12 @@ pub struct VfioProbe {
 }
 
 impl VfioProbe {
-    /// Resets the function (whatever the previous user left is gone), reads
-    /// its configuration space once (4 KiB for PCIe functions) and its BARs.
+    /// Reads the function's configuration space once (4 KiB for PCIe
+    /// functions) and its BARs. No reset here: vfio-pci resets a function
+    /// when it is opened (and when it is closed), so what the previous user
+    /// left is already gone; a second reset would only add a function-level
+    /// reset's 100 ms wait per device before the guest can start.
     pub fn new(name: &str, dev: &dyn VfioBackend) -> Self {
-        dev.reset();
         let size = (dev.region(VFIO_PCI_CONFIG_REGION_INDEX).size as usize)
             .clamp(regs::CONFIG_SPACE_SIZE, regs::EXT_CONFIG_SPACE_SIZE);
         let mut config = vec![0u8; size];
