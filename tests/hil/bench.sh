@@ -27,6 +27,7 @@
 #                          and then)
 #   HIL_L2_MEM             guest RAM in MiB (default 256)
 #   HIL_RUST_LOG           RUST_LOG for vflaunch (default info: it logs the DMA-map time)
+#   HIL_BENCH_VFL_ARGS     extra vflaunch arguments (e.g. "--log-format json": timed log lines)
 #   HIL_WORK, HIL_TIMEOUT (the L1 boot, default 1800), HIL_SKIP_BUILD: as in run.sh
 set -euo pipefail
 
@@ -41,6 +42,7 @@ HIL_BENCH_VERBOSE=${HIL_BENCH_VERBOSE:-0}
 HIL_BENCH_STALL=${HIL_BENCH_STALL:-$((HIL_BENCH_RUN_TIMEOUT + 60))}
 HIL_L2_MEM=${HIL_L2_MEM:-256}
 HIL_RUST_LOG=${HIL_RUST_LOG:-info}
+HIL_BENCH_VFL_ARGS=${HIL_BENCH_VFL_ARGS:-}
 HIL_TIMEOUT=${HIL_TIMEOUT:-1800}
 HIL_SKIP_BUILD=${HIL_SKIP_BUILD:-0}
 
@@ -99,6 +101,7 @@ fi
     echo "HIL_BENCH_CH=$CH"
     echo "HIL_L2_MEM=$((HIL_L2_MEM))"
     echo "HIL_RUST_LOG=$(shq "$HIL_RUST_LOG")"
+    echo "HIL_BENCH_VFL_ARGS=$(shq "$HIL_BENCH_VFL_ARGS")"
 } >"$R/bench.conf"
 mk_cpio "$R" "$B/l1.cpio"
 say "L1 image $(du -m "$B/l1.cpio" | cut -f1) MiB (L1 kernel $KV; L2 kernel $(cat "$KRES/release")); VMMs: vflaunch qemu${HIL_BENCH_CH:+ ch ($HIL_BENCH_CH)}"
