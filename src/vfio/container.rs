@@ -32,6 +32,9 @@ pub enum ContainerError {
         #[source]
         source: VfioError,
     },
+    /// The thread opening a device panicked.
+    #[error("the thread opening a VFIO device failed")]
+    OpenPanicked,
     /// DMA mapping failed.
     #[error("cannot DMA-map guest memory for the device (check RLIMIT_MEMLOCK with `ulimit -l`, and free memory)")]
     DmaMap(#[source] VfioError),
@@ -55,8 +58,9 @@ pub enum ContainerError {
 }
 
 /// How a VM's devices reach the IOMMU: groups in a container, or iommufd.
-pub trait DmaSpace: Send {
-    /// Opens `d` in this space.
+pub trait DmaSpace: Send + Sync {
+    /// Opens `d` in this space (callable from several threads at once: the
+    /// devices of a VM are opened side by side).
     fn open(&self, d: &HostDevice) -> Result<VfioDevice, ContainerError>;
     /// Pins and maps all of guest RAM for device DMA (IOVA = guest physical).
     fn map_guest_memory(&mut self, mem: &GuestMemoryMmap) -> Result<(), ContainerError>;

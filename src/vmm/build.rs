@@ -30,7 +30,7 @@ use crate::pci::bar_space::BarSpace;
 use crate::pci::root::{PciEcam, PciRoot};
 use crate::sync::lock;
 use crate::vcpu::{Vcpu, VcpuControl};
-use crate::vfio::container::{Container, DmaSpace};
+use crate::vfio::container::{Container, ContainerError, DmaSpace};
 use crate::vfio::dma_gate::DmaGate;
 use crate::vfio::iommufd::IommufdSpace;
 use crate::vfio::pci_device::{VfioPciDevice, VfioProbe};
@@ -235,10 +235,28 @@ impl Vmm {
             Backend::Iommufd => Box::new(IommufdSpace::new(&self.vm, cfg.preopened.iommufd)?),
         };
         self.backend = Some(space.backend());
-        let space = self.container.insert(space);
+        let space: &dyn DmaSpace = &**self.container.insert(space);
+        // Opening a device makes vfio-pci reset it (an FLR waits 100 ms):
+        // the devices are opened side by side, and the first error in
+        // command-line order is the one reported.
+        let results: Vec<_> = if checked.devices.len() == 1 {
+            vec![space.open(&checked.devices[0])]
+        } else {
+            std::thread::scope(|s| {
+                let opening: Vec<_> = checked
+                    .devices
+                    .iter()
+                    .map(|d| s.spawn(move || space.open(d)))
+                    .collect();
+                opening
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(Err(ContainerError::OpenPanicked)))
+                    .collect()
+            })
+        };
         let mut opened = Vec::new();
-        for d in &checked.devices {
-            opened.push((d.bdf.to_string(), Arc::new(space.open(d)?), d.group));
+        for (d, r) in checked.devices.iter().zip(results) {
+            opened.push((d.bdf.to_string(), Arc::new(r?), d.group));
         }
         for (name, backend, group) in opened {
             self.attach_backend(&name, backend)?;
