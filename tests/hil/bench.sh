@@ -22,6 +22,10 @@
 #   HIL_BENCH_L2_ARGS      extra L2 kernel args (default "loglevel=4")
 #   HIL_BENCH_RUN_TIMEOUT  seconds each L2 run may take (default 120)
 #   HIL_BENCH_VERBOSE      1 = print every run's VMM log and L2 console
+#   HIL_BENCH_PAGES        the page sizes of a round, in order (default "2M 4K")
+#   HIL_BENCH_KERNEL       bzImage (default) or vmlinux (the ELF of the same build,
+#                          booted through its PVH note: no decompressor) for
+#                          vflaunch and qemu; Cloud Hypervisor always boots vmlinux
 #   HIL_BENCH_STALL        stop an L1 that printed nothing for this many seconds
 #                          (default HIL_BENCH_RUN_TIMEOUT + 60; L1 freezes now
 #                          and then)
@@ -39,6 +43,8 @@ HIL_BENCH_CH=${HIL_BENCH_CH:-}
 HIL_BENCH_L2_ARGS=${HIL_BENCH_L2_ARGS-loglevel=4}
 HIL_BENCH_RUN_TIMEOUT=${HIL_BENCH_RUN_TIMEOUT:-120}
 HIL_BENCH_VERBOSE=${HIL_BENCH_VERBOSE:-0}
+HIL_BENCH_PAGES=${HIL_BENCH_PAGES:-2M 4K}
+HIL_BENCH_KERNEL=${HIL_BENCH_KERNEL:-bzImage}
 HIL_BENCH_STALL=${HIL_BENCH_STALL:-$((HIL_BENCH_RUN_TIMEOUT + 60))}
 HIL_L2_MEM=${HIL_L2_MEM:-256}
 HIL_RUST_LOG=${HIL_RUST_LOG:-info}
@@ -50,6 +56,8 @@ say() { echo "[bench] $*"; }
 die() { echo "[bench] ERROR: $*" >&2; exit 1; }
 
 case $HIL_BENCH_ROUNDS in '' | *[!0-9]* | 0) die "HIL_BENCH_ROUNDS must be a positive number, not '$HIL_BENCH_ROUNDS'" ;; esac
+for pg in $HIL_BENCH_PAGES; do case $pg in 2M | 4K) ;; *) die "HIL_BENCH_PAGES takes 2M and 4K, not '$pg'" ;; esac; done
+case $HIL_BENCH_KERNEL in bzImage | vmlinux) ;; *) die "HIL_BENCH_KERNEL is bzImage or vmlinux, not '$HIL_BENCH_KERNEL'" ;; esac
 case $HIL_L2_MEM in '' | *[!0-9]* | 0) die "HIL_L2_MEM must be a number of MiB, not '$HIL_L2_MEM'" ;; esac
 [ -z "$HIL_BENCH_CH" ] || [ -x "$HIL_BENCH_CH" ] || die "HIL_BENCH_CH=$HIL_BENCH_CH is not an executable"
 # shellcheck source=tests/hil/lib.sh
@@ -86,11 +94,11 @@ mkdir -p "$R/usr/share/qemu" "$R/l2"
 for f in qboot.rom linuxboot_dma.bin kvmvapic.bin; do cp -L "/usr/share/qemu/$f" "$R/usr/share/qemu/"; done
 add_modules "$R" dca i2c-algo-bit igb vfio vfio_iommu_type1 irqbypass vfio-pci-core vfio-pci kvm ccp kvm-amd
 cp "$KRES/bzImage" "$R/l2/bzImage"
+cp "$KRES/vmlinux" "$R/l2/vmlinux" # the same build, booted through PVH
 cp "$B/l2.cpio" "$R/l2/l2.cpio"
 CH=0
 if [ -n "$HIL_BENCH_CH" ]; then
     add_elf "$R" "$HIL_BENCH_CH" cloud-hypervisor
-    cp "$KRES/vmlinux" "$R/l2/vmlinux" # CH boots the same build through PVH
     CH=1
 fi
 {
@@ -98,6 +106,8 @@ fi
     echo "HIL_BENCH_RUN_TIMEOUT=$((HIL_BENCH_RUN_TIMEOUT))"
     echo "HIL_BENCH_L2_ARGS=$(shq "$HIL_BENCH_L2_ARGS")"
     echo "HIL_BENCH_VERBOSE=$(shq "$HIL_BENCH_VERBOSE")"
+    echo "HIL_BENCH_PAGES=$(shq "$HIL_BENCH_PAGES")"
+    echo "HIL_BENCH_KERNEL=$(shq "$HIL_BENCH_KERNEL")"
     echo "HIL_BENCH_CH=$CH"
     echo "HIL_L2_MEM=$((HIL_L2_MEM))"
     echo "HIL_RUST_LOG=$(shq "$HIL_RUST_LOG")"
@@ -190,7 +200,8 @@ awk -v ch="$CH" '
                 print "  " sprintf("%-5s %-14s %3d", pg, "vflaunch/" V[v], n) line } } }
 ' "$ROWS" | sed 's/^/[bench] /'
 bad=$(grep -c -v -E ' rc=0 first=[0-9].* ping=[0-9]' "$ROWS" || true)
-want=$((HIL_BENCH_ROUNDS * 2 * (2 + CH)))
+npg=$(echo "$HIL_BENCH_PAGES" | wc -w)
+want=$((HIL_BENCH_ROUNDS * npg * (2 + CH)))
 if [ "$QRC" != 0 ] || [ "$bad" != 0 ] || [ "$(wc -l <"$ROWS")" != "$want" ] || ! grep -q '^L1: bench: done' "$LOG"; then
     say "$bad run(s) failed or timed out, $(wc -l <"$ROWS") of $want runs reported$([ "$STALLED" = 0 ] || echo ", L1 froze"), L1 qemu exit code $QRC: see $LOG"
     exit 1
