@@ -13,11 +13,14 @@
  *                                      offsets every run), split over THREADS
  *   vbench sink PORT                   (L2) accept one vsock connection on PORT,
  *                                      read to EOF, answer "got N\n", close
- *   vbench source PORT BYTES           (L2) accept one vsock connection on PORT,
- *                                      write BYTES, shut down the write side,
- *                                      read to the peer's EOF, close
- *   vbench send TARGET PORT BYTES      (L1) connect, write BYTES, shut down the
- *                                      write side, read the answer to EOF
+ *   vbench source PORT BYTES WSIZE     (L2) accept one vsock connection on PORT,
+ *                                      write BYTES, WSIZE bytes per write(),
+ *                                      shut down the write side, read to the
+ *                                      peer's EOF, close
+ *   vbench send TARGET PORT BYTES WSIZE
+ *                                      (L1) connect, write BYTES (WSIZE per
+ *                                      write()), shut down the write side, read
+ *                                      the answer to EOF
  *   vbench recv TARGET PORT            (L1) connect, read to EOF
  * TARGET is unix:PATH (a hybrid vsock socket: "CONNECT PORT\n", then one
  * "OK ...\n" line) or vsock:CID. The client's clock starts once the
@@ -37,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Largest read; largest write size. */
 #define NETBUF (256 << 10)
 
 static void die(const char *what)
@@ -192,10 +196,12 @@ static int sink(int port)
 	return 0;
 }
 
-static int writeall(int fd, const char *buf, long long bytes)
+static int writeall(int fd, const char *buf, long long bytes, long wsize)
 {
+	if (wsize < 1 || wsize > NETBUF)
+		wsize = NETBUF;
 	while (bytes > 0) {
-		ssize_t n = write(fd, buf, bytes < NETBUF ? bytes : NETBUF);
+		ssize_t n = write(fd, buf, bytes < wsize ? bytes : wsize);
 		if (n <= 0)
 			return -1;
 		bytes -= n;
@@ -203,14 +209,14 @@ static int writeall(int fd, const char *buf, long long bytes)
 	return 0;
 }
 
-static int source(int port, long long bytes)
+static int source(int port, long long bytes, long wsize)
 {
 	int c = accept_one(port, "source");
 	char *buf = aligned(NETBUF);
 	memset(buf, 0x5a, NETBUF);
 	mark("source", "begin");
 	double t0 = now();
-	if (writeall(c, buf, bytes))
+	if (writeall(c, buf, bytes, wsize))
 		die("write");
 	/* Done when the peer has read it all: its EOF (poweroff -f right after
 	 * close could lose what is still queued). */
@@ -259,7 +265,7 @@ static int dial(const char *target, int port)
 	return s;
 }
 
-static int client(const char *name, const char *target, int port, long long bytes)
+static int client(const char *name, const char *target, int port, long long bytes, long wsize)
 {
 	int s = dial(target, port);
 	char *buf = aligned(NETBUF);
@@ -269,7 +275,7 @@ static int client(const char *name, const char *target, int port, long long byte
 	mark(name, "begin");
 	double t0 = now();
 	if (bytes >= 0) {
-		if (writeall(s, buf, bytes))
+		if (writeall(s, buf, bytes, wsize))
 			die("write");
 		shutdown(s, SHUT_WR);
 	}
@@ -296,13 +302,13 @@ int main(int argc, char **argv)
 		return rnd(argv[2], atol(argv[3]), atol(argv[4]), atoi(argv[5]));
 	if (!strcmp(m, "sink") && argc == 3)
 		return sink(atoi(argv[2]));
-	if (!strcmp(m, "source") && argc == 4)
-		return source(atoi(argv[2]), atoll(argv[3]));
-	if (!strcmp(m, "send") && argc == 5)
-		return client("send", argv[2], atoi(argv[3]), atoll(argv[4]));
+	if (!strcmp(m, "source") && argc == 5)
+		return source(atoi(argv[2]), atoll(argv[3]), atol(argv[4]));
+	if (!strcmp(m, "send") && argc == 6)
+		return client("send", argv[2], atoi(argv[3]), atoll(argv[4]), atol(argv[5]));
 	if (!strcmp(m, "recv") && argc == 4)
-		return client("recv", argv[2], atoi(argv[3]), -1);
+		return client("recv", argv[2], atoi(argv[3]), -1, 0);
 	fprintf(stderr, "usage: vbench seq DEV BS | rand DEV BS COUNT THREADS | sink PORT |"
-			" source PORT BYTES | send TARGET PORT BYTES | recv TARGET PORT\n");
+			" source PORT BYTES WSIZE | send TARGET PORT BYTES WSIZE | recv TARGET PORT\n");
 	return 2;
 }

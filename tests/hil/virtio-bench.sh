@@ -22,6 +22,9 @@
 #   HIL_VBENCH_DISK_MIB    size of the disk image, MiB (default 128)
 #   HIL_VBENCH_RAND        random reads per figure (default 4096)
 #   HIL_VBENCH_VSOCK_MIB   MiB per vsock direction (default 64)
+#   HIL_VBENCH_VSOCK_WRITE bytes per write() on the sending side (default 16384,
+#                          at most 262144; above ~32 KiB L2's kernel sends
+#                          packets whose data spans several descriptors)
 #   HIL_VBENCH_DIRECT      1 = O_DIRECT in L1 too (vflaunch direct=on, qemu
 #                          cache=none; default 0: vflaunch's default, buffered,
 #                          and qemu's cache=writeback)
@@ -40,6 +43,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 HIL_VBENCH_DISK_MIB=${HIL_VBENCH_DISK_MIB:-128}
 HIL_VBENCH_RAND=${HIL_VBENCH_RAND:-4096}
 HIL_VBENCH_VSOCK_MIB=${HIL_VBENCH_VSOCK_MIB:-64}
+HIL_VBENCH_VSOCK_WRITE=${HIL_VBENCH_VSOCK_WRITE:-16384}
 HIL_VBENCH_DIRECT=${HIL_VBENCH_DIRECT:-0}
 HIL_BENCH_RUN_TIMEOUT=${HIL_BENCH_RUN_TIMEOUT:-180}
 
@@ -50,9 +54,10 @@ die() { echo "[vbench] ERROR: $*" >&2; exit 1; }
 . "$HERE/lib.sh"
 # shellcheck source=tests/hil/bench-lib.sh
 . "$HERE/bench-lib.sh" # the other knobs' defaults and checks, the lock
-for v in HIL_VBENCH_DISK_MIB HIL_VBENCH_RAND HIL_VBENCH_VSOCK_MIB; do
+for v in HIL_VBENCH_DISK_MIB HIL_VBENCH_RAND HIL_VBENCH_VSOCK_MIB HIL_VBENCH_VSOCK_WRITE; do
     case ${!v} in '' | *[!0-9]* | 0) die "$v must be a positive number, not '${!v}'" ;; esac
 done
+[ "$HIL_VBENCH_VSOCK_WRITE" -le 262144 ] || die "HIL_VBENCH_VSOCK_WRITE must be at most 262144, not $HIL_VBENCH_VSOCK_WRITE"
 case $HIL_VBENCH_DIRECT in 0 | 1) ;; *) die "HIL_VBENCH_DIRECT must be 0 or 1, not '$HIL_VBENCH_DIRECT'" ;; esac
 
 T0=$SECONDS
@@ -75,12 +80,12 @@ add_elf "$R" "$(command -v qemu-system-x86_64)"
 mkdir -p "$R/usr/share/qemu" "$R/l2"
 # qboot as BIOS; linuxboot_dma.bin loads -kernel; kvmvapic.bin is always loaded.
 for f in qboot.rom linuxboot_dma.bin kvmvapic.bin; do cp -L "/usr/share/qemu/$f" "$R/usr/share/qemu/"; done
-add_modules "$R" kvm ccp kvm-amd vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock
+add_modules "$R" irqbypass kvm ccp kvm-amd vsock vmw_vsock_virtio_transport_common vhost_iotlb vhost vhost_vsock
 cp "$KRES/bzImage" "$R/l2/bzImage"
 cp "$B/l2.cpio" "$R/l2/l2.cpio"
-bench_conf "$R" HIL_VBENCH_DISK_MIB HIL_VBENCH_RAND HIL_VBENCH_VSOCK_MIB HIL_VBENCH_DIRECT
+bench_conf "$R" HIL_VBENCH_DISK_MIB HIL_VBENCH_RAND HIL_VBENCH_VSOCK_MIB HIL_VBENCH_VSOCK_WRITE HIL_VBENCH_DIRECT
 mk_cpio "$R" "$B/l1.cpio"
-say "L1 image $(du -m "$B/l1.cpio" | cut -f1) MiB (L1 kernel $KV; L2 kernel $(cat "$KRES/release")); disk ${HIL_VBENCH_DISK_MIB} MiB, $HIL_VBENCH_RAND random reads, ${HIL_VBENCH_VSOCK_MIB} MiB each vsock way"
+say "L1 image $(du -m "$B/l1.cpio" | cut -f1) MiB (L1 kernel $KV; L2 kernel $(cat "$KRES/release")); disk ${HIL_VBENCH_DISK_MIB} MiB, $HIL_VBENCH_RAND random reads, ${HIL_VBENCH_VSOCK_MIB} MiB each vsock way in writes of $HIL_VBENCH_VSOCK_WRITE bytes"
 
 bench_boot_l1 "$B/l1.cpio" vbench # LOG, QRC, STALLED, ROWS
 
