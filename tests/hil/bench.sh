@@ -37,47 +37,25 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-export HIL_WORK=${HIL_WORK:-$REPO/target/hil}
-HIL_BENCH_ROUNDS=${HIL_BENCH_ROUNDS:-3}
 HIL_BENCH_CH=${HIL_BENCH_CH:-}
-HIL_BENCH_L2_ARGS=${HIL_BENCH_L2_ARGS-loglevel=4}
 HIL_BENCH_RUN_TIMEOUT=${HIL_BENCH_RUN_TIMEOUT:-120}
-HIL_BENCH_VERBOSE=${HIL_BENCH_VERBOSE:-0}
 HIL_BENCH_PAGES=${HIL_BENCH_PAGES:-2M 4K}
 HIL_BENCH_KERNEL=${HIL_BENCH_KERNEL:-bzImage}
-HIL_BENCH_STALL=${HIL_BENCH_STALL:-$((HIL_BENCH_RUN_TIMEOUT + 60))}
-HIL_L2_MEM=${HIL_L2_MEM:-256}
-HIL_RUST_LOG=${HIL_RUST_LOG:-info}
 HIL_BENCH_VFL_ARGS=${HIL_BENCH_VFL_ARGS:-}
-HIL_TIMEOUT=${HIL_TIMEOUT:-1800}
-HIL_SKIP_BUILD=${HIL_SKIP_BUILD:-0}
 
 say() { echo "[bench] $*"; }
 die() { echo "[bench] ERROR: $*" >&2; exit 1; }
 
-case $HIL_BENCH_ROUNDS in '' | *[!0-9]* | 0) die "HIL_BENCH_ROUNDS must be a positive number, not '$HIL_BENCH_ROUNDS'" ;; esac
-for pg in $HIL_BENCH_PAGES; do case $pg in 2M | 4K) ;; *) die "HIL_BENCH_PAGES takes 2M and 4K, not '$pg'" ;; esac; done
-case $HIL_BENCH_KERNEL in bzImage | vmlinux) ;; *) die "HIL_BENCH_KERNEL is bzImage or vmlinux, not '$HIL_BENCH_KERNEL'" ;; esac
-case $HIL_L2_MEM in '' | *[!0-9]* | 0) die "HIL_L2_MEM must be a number of MiB, not '$HIL_L2_MEM'" ;; esac
-[ -z "$HIL_BENCH_CH" ] || [ -x "$HIL_BENCH_CH" ] || die "HIL_BENCH_CH=$HIL_BENCH_CH is not an executable"
 # shellcheck source=tests/hil/lib.sh
 . "$HERE/lib.sh"
-mkdir -p "$HIL_WORK/logs"
-hil_lock # one rig at a time per work dir (shared with run.sh and guest/run.sh --nested)
+# shellcheck source=tests/hil/bench-lib.sh
+. "$HERE/bench-lib.sh" # the other knobs' defaults and checks, the lock
+[ -z "$HIL_BENCH_CH" ] || [ -x "$HIL_BENCH_CH" ] || die "HIL_BENCH_CH=$HIL_BENCH_CH is not an executable"
+for pg in $HIL_BENCH_PAGES; do case $pg in 2M | 4K) ;; *) die "HIL_BENCH_PAGES takes 2M and 4K, not '$pg'" ;; esac; done
+case $HIL_BENCH_KERNEL in bzImage | vmlinux) ;; *) die "HIL_BENCH_KERNEL is bzImage or vmlinux, not '$HIL_BENCH_KERNEL'" ;; esac
 
 T0=$SECONDS
-bash "$HERE/setup.sh"
-
-VFL=$REPO/target/release/vflaunch
-if [ "$HIL_SKIP_BUILD" != 1 ]; then
-    command -v cargo >/dev/null || PATH=$HOME/.cargo/bin:$PATH
-    say "cargo build --release"
-    (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
-fi
-[ -x "$VFL" ] || die "$VFL does not exist: build it first or unset HIL_SKIP_BUILD"
-KRES=$(bash "$REPO/guest/build-kernel.sh" --kernel guest | tail -n1) || die "guest/build-kernel.sh --kernel guest failed"
-[ -f "$KRES/bzImage" ] || die "guest/build-kernel.sh gave no bzImage in '$KRES'"
-hil_kernel # KDIR, KV, MODDIR
+bench_build # VFL, KRES, KDIR, KV, MODDIR
 
 # --- images: L2 = busybox + l2-init (no modules); L1 = l1-bench + the VMMs ------
 B=$HIL_WORK/bench
@@ -86,6 +64,7 @@ new_root "$B/l2root" "$HERE/l2-init"
 mk_cpio "$B/l2root" "$B/l2.cpio"
 R=$B/l1root
 new_root "$R" "$HERE/l1-bench"
+install -m 644 "$HERE/l1-bench-lib" "$R/l1-bench-lib"
 add_elf "$R" "$(command -v ip)" iproute2-ip
 add_elf "$R" "$VFL"
 add_elf "$R" "$(command -v qemu-system-x86_64)"
@@ -101,72 +80,21 @@ if [ -n "$HIL_BENCH_CH" ]; then
     add_elf "$R" "$HIL_BENCH_CH" cloud-hypervisor
     CH=1
 fi
+bench_conf "$R"
 {
-    echo "HIL_BENCH_ROUNDS=$((HIL_BENCH_ROUNDS))"
-    echo "HIL_BENCH_RUN_TIMEOUT=$((HIL_BENCH_RUN_TIMEOUT))"
-    echo "HIL_BENCH_L2_ARGS=$(shq "$HIL_BENCH_L2_ARGS")"
-    echo "HIL_BENCH_VERBOSE=$(shq "$HIL_BENCH_VERBOSE")"
+    echo "HIL_BENCH_CH=$CH"
     echo "HIL_BENCH_PAGES=$(shq "$HIL_BENCH_PAGES")"
     echo "HIL_BENCH_KERNEL=$(shq "$HIL_BENCH_KERNEL")"
-    echo "HIL_BENCH_CH=$CH"
-    echo "HIL_L2_MEM=$((HIL_L2_MEM))"
-    echo "HIL_RUST_LOG=$(shq "$HIL_RUST_LOG")"
     echo "HIL_BENCH_VFL_ARGS=$(shq "$HIL_BENCH_VFL_ARGS")"
-} >"$R/bench.conf"
+} >>"$R/bench.conf"
 mk_cpio "$R" "$B/l1.cpio"
 say "L1 image $(du -m "$B/l1.cpio" | cut -f1) MiB (L1 kernel $KV; L2 kernel $(cat "$KRES/release")); VMMs: vflaunch qemu${HIL_BENCH_CH:+ ch ($HIL_BENCH_CH)}"
 
 # --- one L1 boot, as run.sh boots the "debian" L1 --------------------------------
-LOG=$HIL_WORK/logs/bench-$(date +%Y%m%d-%H%M%S).log
-say "booting L1 (TCG, timeout ${HIL_TIMEOUT}s), $HIL_BENCH_ROUNDS round(s); log: $LOG"
-# Now and then L1 freezes while an L2 runs (no progress at all, so its own
-# run limit never fires; TCG's nested SVM or L1's KVM): L1 is stopped when
-# it has printed nothing for HIL_BENCH_STALL seconds; its rows are kept.
-STALLED=0
-# shellcheck disable=SC2054 # the commas are QEMU's
-timeout "$HIL_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -machine q35 -m 3072 -smp 1 \
-    -global q35-pcihost.pci-hole64-size=0 \
-    -netdev user,id=n0 -device igb,netdev=n0,romfile= \
-    -device intel-iommu,intremap=on \
-    -no-reboot -display none -serial stdio -monitor none \
-    -kernel "$KDIR/boot/vmlinuz-$KV" -initrd "$B/l1.cpio" \
-    -append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt" \
-    </dev/null > >(sed -u 's/\r$//' >"$LOG") 2>&1 &
-QPID=$!
-tail -n +1 -F --pid="$QPID" "$LOG" 2>/dev/null | grep --line-buffered -E '^(L1: |BENCH: |  (VMM|L2)\| )' &
-TPID=$!
-size=-1 last=$SECONDS
-while kill -0 "$QPID" 2>/dev/null; do
-    sleep 5
-    n=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
-    if [ "$n" != "$size" ]; then
-        size=$n last=$SECONDS
-    elif [ $((SECONDS - last)) -ge "$HIL_BENCH_STALL" ] && [ "$STALLED" = 0 ]; then
-        say "L1 printed nothing for ${HIL_BENCH_STALL}s: it is frozen; stopping it (run bench.sh again)"
-        STALLED=1
-        kill "$QPID" 2>/dev/null || true
-    fi
-done
-set +e
-wait "$QPID"
-QRC=$?
-wait "$TPID"
-set -e
-sleep 1 # the last lines through sed
-ln -sfn "$(basename "$LOG")" "$HIL_WORK/logs/latest-bench.log"
-say "L1 qemu exit code $QRC, $((SECONDS - T0))s in all"
+bench_boot_l1 "$B/l1.cpio" bench # LOG, QRC, STALLED, ROWS
 
 # --- tables ------------------------------------------------------------------------
-ROWS=$HIL_WORK/logs/bench-rows.txt
-sed -n 's/^BENCH: row //p' "$LOG" >"$ROWS"
-[ -s "$ROWS" ] || die "L1 printed no BENCH rows (see $LOG)"
-awk -v ch="$CH" '
-    function med(key,   n, i, j, v, t) { n = cnt[key]; if (!n) return "-"
-        for (i = 1; i <= n; i++) v[i] = val[key, i]
-        for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
-        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
-    function add(key, x) { if (x == "-" || x == "") return; cnt[key]++; val[key, cnt[key]] = x + 0 }
-    function fmt(x, f) { return x == "-" ? "-" : sprintf(f, x) }
+awk -v ch="$CH" "$BENCH_AWK"'
     BEGIN { nm = split("first init lease ping exit exits own dma", M, " ")
         split("first byte|/init|lease|ping done|exit|KVM exits|own MiB|DMA ms", H, "|")
         split("%.3f %.3f %.3f %.3f %.3f %.0f %.1f %.0f", F, " ")
