@@ -10,9 +10,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES,
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -33,6 +34,9 @@ pub const SECTOR: u64 = 512;
 const CHUNK: usize = 128 << 10;
 /// Size of a request header.
 const HEADER: usize = 16;
+/// Data descriptors per request (`seg_max`): a whole queue but the header
+/// and the status. Without it Linux sends one segment a request (4 KiB).
+const SEG_MAX: u32 = QUEUE_SIZES[0] as u32 - 2;
 /// Discard ranges per request (`max_discard_seg`).
 const MAX_DISCARD_SEG: u32 = 16;
 /// Discards are aligned to 4 KiB (`discard_sector_alignment`, in sectors).
@@ -146,13 +150,15 @@ impl VirtioDevice for Block {
         } else {
             0
         };
-        (1 << VIRTIO_BLK_F_FLUSH) | ro | discard
+        (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | ro | discard
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // capacity (le64); with DISCARD, max_discard_sectors, max_discard_seg
-        // and discard_sector_alignment at 36, 40 and 44 (virtio 1.2, 5.2.4).
+        // capacity (le64), seg_max at 12; with DISCARD, max_discard_sectors,
+        // max_discard_seg and discard_sector_alignment at 36, 40 and 44
+        // (virtio 1.2, 5.2.4).
         let mut c = [0u8; 48];
         c[..8].copy_from_slice(&self.capacity.to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         let max = u32::try_from(self.capacity).unwrap_or(u32::MAX);
         c[36..40].copy_from_slice(&max.to_le_bytes());
         c[40..44].copy_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
