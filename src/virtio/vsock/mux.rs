@@ -227,16 +227,32 @@ impl Mux {
     }
 
     /// One packet from the guest.
-    pub fn guest_packet(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        mut chain: Chain<'_>,
-        reg: &mut Registrar,
-    ) {
-        let pkt = match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT) {
-            Ok(p) => p,
-            Err(e) => return log::debug!("vsock: dropped a bad packet from the guest: {e}"),
+    ///
+    /// The header and the data are read from however many descriptors the
+    /// driver used: Linux 6.x puts the data of a packet over 32 KiB in page
+    /// fragments, several descriptors (`from_tx_virtq_chain` takes one).
+    pub fn guest_packet(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>, reg: &mut Registrar) {
+        let mut r = match chain.reader(mem) {
+            Ok(r) => r,
+            Err(e) => return log::debug!("vsock: dropped a guest packet outside RAM: {e}"),
         };
+        let mut raw = [0u8; PKT_HEADER_SIZE];
+        if r.read_exact(&mut raw).is_err() {
+            return log::debug!("vsock: dropped a guest packet shorter than its header");
+        }
+        let mut hdr = [0u8; PKT_HEADER_SIZE];
+        // SAFETY: the packet views `hdr`, a local that outlives it (both end
+        // with this call) and that nothing else touches meanwhile.
+        let mut pkt = match unsafe { VsockPacket::new(&mut hdr, None) } {
+            Ok(p) => p,
+            Err(e) => return log::debug!("vsock: {e}"),
+        };
+        if pkt.set_header_from_raw(&raw).is_err() {
+            return;
+        }
+        if pkt.len() > MAX_PKT {
+            return log::debug!("vsock: dropped a guest packet of {} bytes", pkt.len());
+        }
         let key = (pkt.dst_port(), pkt.src_port());
         let op = pkt.op();
         if pkt.type_() != TYPE_STREAM || pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID {
@@ -265,11 +281,10 @@ impl Mux {
             }
             op::RW if c.state == State::Established => {
                 let n = pkt.len() as usize;
-                let copied = match pkt.data_slice() {
-                    Some(d) => d.copy_to(&mut self.buf[..n.min(MAX_PKT as usize)]),
-                    None => 0,
-                };
-                if !c.push_to_host(&self.buf[..copied]) {
+                if r.read_exact(&mut self.buf[..n]).is_err() {
+                    return log::debug!("vsock: dropped a guest packet shorter than its length");
+                }
+                if !c.push_to_host(&self.buf[..n]) {
                     log::debug!(
                         "vsock: guest port {} overran its credit or the host closed",
                         key.1
