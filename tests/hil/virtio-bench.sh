@@ -22,9 +22,9 @@
 #   HIL_VBENCH_DISK_MIB    size of the disk image, MiB (default 128)
 #   HIL_VBENCH_RAND        random reads per figure (default 4096)
 #   HIL_VBENCH_VSOCK_MIB   MiB per vsock direction (default 64)
-#   HIL_VBENCH_VSOCK_WRITE bytes per write() on the sending side (default 16384,
-#                          at most 262144; above ~32 KiB L2's kernel sends
-#                          packets whose data spans several descriptors)
+#   HIL_VBENCH_VSOCK_WRITE bytes per write() on the sending side (default 262144,
+#                          the most; above ~32 KiB L2's kernel sends packets
+#                          whose data spans several descriptors)
 #   HIL_VBENCH_DIRECT      1 = O_DIRECT in L1 too (vflaunch direct=on, qemu
 #                          cache=none; default 0: vflaunch's default, buffered,
 #                          and qemu's cache=writeback)
@@ -43,7 +43,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 HIL_VBENCH_DISK_MIB=${HIL_VBENCH_DISK_MIB:-128}
 HIL_VBENCH_RAND=${HIL_VBENCH_RAND:-4096}
 HIL_VBENCH_VSOCK_MIB=${HIL_VBENCH_VSOCK_MIB:-64}
-HIL_VBENCH_VSOCK_WRITE=${HIL_VBENCH_VSOCK_WRITE:-16384}
+HIL_VBENCH_VSOCK_WRITE=${HIL_VBENCH_VSOCK_WRITE:-262144}
 HIL_VBENCH_DIRECT=${HIL_VBENCH_DIRECT:-0}
 HIL_BENCH_RUN_TIMEOUT=${HIL_BENCH_RUN_TIMEOUT:-180}
 
