@@ -15,6 +15,8 @@ HIL_L2_MEM=${HIL_L2_MEM:-256}
 HIL_RUST_LOG=${HIL_RUST_LOG:-info}
 HIL_TIMEOUT=${HIL_TIMEOUT:-1800}
 HIL_SKIP_BUILD=${HIL_SKIP_BUILD:-0}
+HIL_BENCH_L1_CPUS=${HIL_BENCH_L1_CPUS:-1}
+case $HIL_BENCH_L1_CPUS in 1 | 2) ;; *) die "HIL_BENCH_L1_CPUS is 1 or 2, not '$HIL_BENCH_L1_CPUS'" ;; esac
 case $HIL_BENCH_ROUNDS in '' | *[!0-9]* | 0) die "HIL_BENCH_ROUNDS must be a positive number, not '$HIL_BENCH_ROUNDS'" ;; esac
 case $HIL_L2_MEM in '' | *[!0-9]* | 0) die "HIL_L2_MEM must be a number of MiB, not '$HIL_L2_MEM'" ;; esac
 mkdir -p "$HIL_WORK/logs"
@@ -64,7 +66,7 @@ bench_boot_l1() {
     # it has printed nothing for HIL_BENCH_STALL seconds; its rows are kept.
     STALLED=0
     # shellcheck disable=SC2054 # the commas are QEMU's
-    timeout "$HIL_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -machine q35 -m 3072 -smp 1 \
+    timeout "$HIL_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -machine q35 -m 3072 -smp "$HIL_BENCH_L1_CPUS" \
         -global q35-pcihost.pci-hole64-size=0 \
         -netdev user,id=n0 -device igb,netdev=n0,romfile= \
         -device intel-iommu,intremap=on \

@@ -26,6 +26,8 @@
 #   HIL_BENCH_KERNEL       bzImage (default) or vmlinux (the ELF of the same build,
 #                          booted through its PVH note: no decompressor) for
 #                          vflaunch and qemu; Cloud Hypervisor always boots vmlinux
+#   HIL_BENCH_L1_CPUS      L1's vCPUs, 1 (default) or 2: with 1, vflaunch's background
+#                          DMA pinning and L2's vCPUs share L1's one CPU
 #   HIL_BENCH_STALL        stop an L1 that printed nothing for this many seconds
 #                          (default HIL_BENCH_RUN_TIMEOUT + 60; L1 freezes now
 #                          and then)
