@@ -110,13 +110,11 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
 }
 
 impl Vcpu {
-    /// Creates and configures vCPU `id` of `count` (`tsc_deadline`: KVM
-    /// emulates the TSC deadline timer); vCPU 0 gets the boot state.
+    /// Creates and configures vCPU `id` of `count`; vCPU 0 gets the boot state.
     pub fn new(
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         supported_cpuid: &CpuId,
-        tsc_deadline: bool,
         id: u8,
         count: u8,
         boot: &BootEntry,
@@ -125,7 +123,6 @@ impl Vcpu {
             .create_vcpu(u64::from(id))
             .map_err(|e| VcpuError::Create(id, e))?;
         let extras = cpuid::CpuidExtras {
-            tsc_deadline,
             tsc_khz: fd.get_tsc_khz().ok().filter(|&khz| khz > 0),
         };
         fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, id, count, &extras))

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Cap, Kvm};
+use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VmState, Vmm, VmmError};
@@ -361,17 +361,8 @@ impl Vmm {
             self.state,
             "create vCPUs before loading the kernel",
         ))?;
-        let tsc_deadline = self._kvm.check_extension(Cap::TscDeadlineTimer);
         for id in 0..cfg.cpus {
-            let v = Vcpu::new(
-                &self.vm,
-                &self.mem,
-                &supported,
-                tsc_deadline,
-                id,
-                cfg.cpus,
-                &entry,
-            )?;
+            let v = Vcpu::new(&self.vm, &self.mem, &supported, id, cfg.cpus, &entry)?;
             self.vcpus.push(v);
         }
         Ok(())

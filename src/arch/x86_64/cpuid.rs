@@ -1,13 +1,13 @@
-//! CPUID: start from what KVM supports, add what KVM emulates but does not
-//! list (the TSC deadline timer) and the hypervisor timing leaf, and patch
-//! the per-vCPU topology bits.
+//! CPUID: start from what KVM supports, add the hypervisor timing leaf and
+//! patch the per-vCPU topology bits.
 //!
-//! Both additions save the guest work at boot: with the TSC deadline timer
-//! Linux skips calibrating the local APIC timer against the PIT (about
-//! 100 ms of ticks, every one an exit), and the timing leaf
-//! ([`LEAF_HV_TIMING`]: TSC and APIC bus frequency in kHz, the convention
-//! VMware started and other hypervisors follow) spares a guest that reads
-//! it the TSC calibration.
+//! The timing leaf ([`LEAF_HV_TIMING`]: TSC and APIC bus frequency in kHz,
+//! the convention VMware started and other hypervisors follow) spares a
+//! guest that reads it the TSC calibration. The TSC-deadline timer, which
+//! KVM emulates but does not list, is not added: under a KVM whose TSC runs
+//! in catch-up mode (the rig's L1: "user requested TSC rate below hardware
+//! speed") the guest's deadline timers stopped firing. Linux then calibrates
+//! the local APIC timer by polling the TSC (kvmclock gives its frequency).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -22,16 +22,12 @@ pub const LEAF_HV_TIMING: u32 = 0x4000_0010;
 const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
 /// CPUID.1:ECX bit 31, "running under a hypervisor".
 const ECX_HYPERVISOR: u32 = 1 << 31;
-/// CPUID.1:ECX bit 24, TSC-deadline mode of the local APIC timer.
-pub const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.1:EDX bit 28, HTT: EBX[23:16] holds the logical processor count.
 const EDX_HTT: u32 = 1 << 28;
 
 /// What the VM adds to KVM's supported CPUID.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuidExtras {
-    /// KVM emulates the TSC deadline timer (`KVM_CAP_TSC_DEADLINE_TIMER`).
-    pub tsc_deadline: bool,
     /// The vCPU's TSC frequency (`KVM_GET_TSC_KHZ`), if KVM told it.
     pub tsc_khz: Option<u32>,
 }
@@ -43,9 +39,6 @@ pub fn patch_entry(entry: &mut kvm_cpuid_entry2, id: u8, count: u8, extras: &Cpu
             entry.ebx =
                 (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
             entry.ecx |= ECX_HYPERVISOR;
-            if extras.tsc_deadline {
-                entry.ecx |= ECX_TSC_DEADLINE;
-            }
             if count > 1 {
                 entry.edx |= EDX_HTT;
             }
@@ -104,7 +97,6 @@ mod tests {
         assert_eq!(e.ebx & 0xffff, 0x0800);
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e.edx & EDX_HTT, 0);
-        assert_eq!(e.ecx & ECX_TSC_DEADLINE, 0, "only when KVM emulates it");
     }
 
     #[test]
@@ -136,16 +128,14 @@ mod tests {
     }
 
     #[test]
-    fn tsc_deadline_and_timing_leaf_are_added() {
+    fn the_timing_leaf_is_added() {
         let supported =
             CpuId::from_entries(&[leaf(1, 0), leaf(LEAF_HV_BASE, 0x4000_0001)]).unwrap();
         let extras = CpuidExtras {
-            tsc_deadline: true,
             tsc_khz: Some(2_345_678),
         };
         let c = vcpu_cpuid(&supported, 0, 2, &extras);
         let get = |f: u32| *c.as_slice().iter().find(|e| e.function == f).unwrap();
-        assert_ne!(get(1).ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(
             get(LEAF_HV_BASE).eax,
             LEAF_HV_TIMING,
@@ -163,7 +153,6 @@ mod tests {
     #[test]
     fn no_timing_leaf_without_a_signature_leaf_or_a_frequency() {
         let extras = CpuidExtras {
-            tsc_deadline: false,
             tsc_khz: Some(1000),
         };
         let c = vcpu_cpuid(&CpuId::from_entries(&[leaf(1, 0)]).unwrap(), 0, 1, &extras);
