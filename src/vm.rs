@@ -33,7 +33,7 @@ pub trait GuestMapper: Send + Sync {
 /// No PIT: the ACPI tables describe a hardware-reduced platform, on which
 /// Linux sets up no legacy timer (no PIT, no PIC, no IRQ0 check) and a KVM
 /// guest takes its clock from kvmclock and its timer from the local APIC
-/// (TSC-deadline mode). An in-kernel PIT would only cost: its worker thread
+/// (calibrated by polling the TSC). An in-kernel PIT would only cost: its worker thread
 /// is created with the VM and stopped when the VM is destroyed, which here
 /// took 13-18 ms of every exit (Cloud Hypervisor runs without one too).
 pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {

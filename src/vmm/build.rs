@@ -239,21 +239,17 @@ impl Vmm {
         // Opening a device makes vfio-pci reset it (an FLR waits 100 ms):
         // the devices are opened side by side, and the first error in
         // command-line order is the one reported.
-        let results: Vec<_> = if checked.devices.len() == 1 {
-            vec![space.open(&checked.devices[0])]
-        } else {
-            std::thread::scope(|s| {
-                let opening: Vec<_> = checked
-                    .devices
-                    .iter()
-                    .map(|d| s.spawn(move || space.open(d)))
-                    .collect();
-                opening
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or(Err(ContainerError::OpenPanicked)))
-                    .collect()
-            })
-        };
+        let results: Vec<_> = std::thread::scope(|s| {
+            let opening: Vec<_> = checked
+                .devices
+                .iter()
+                .map(|d| s.spawn(move || space.open(d)))
+                .collect();
+            opening
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Err(ContainerError::OpenPanicked)))
+                .collect()
+        });
         let mut opened = Vec::new();
         for (d, r) in checked.devices.iter().zip(results) {
             opened.push((d.bdf.to_string(), Arc::new(r?), d.group));
