@@ -313,14 +313,19 @@ fn a_request_scattered_over_many_segments_reads_and_writes_in_order() {
     assert_eq!(d.init(f, &[&q]), 0xf);
     // 16 segments of 4 KiB, in guest memory in reverse order.
     let seg = |i: u64| DATA + (15 - i) * 0x2000;
-    let mut h = [0u8; 16];
-    h[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
-    d.mem.write_slice(&h, GuestAddress(HDR)).unwrap();
-    let mut bufs = vec![(HDR, 16, false)];
-    bufs.extend((0..16).map(|i| (seg(i), 4096, true)));
-    bufs.push((STATUS, 1, true));
-    q.add_chain(&bufs);
-    d.kick(0);
+    // One request of type `t` at `sector` over the 16 segments.
+    let submit = |d: &mut Driver, q: &mut TestQueue, t: u32, sector: u64| {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&t.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        d.mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        let mut bufs = vec![(HDR, 16, false)];
+        bufs.extend((0..16).map(|i| (seg(i), 4096, t == VIRTIO_BLK_T_IN)));
+        bufs.push((STATUS, 1, true));
+        q.add_chain(&bufs);
+        d.kick(0);
+    };
+    submit(&mut d, &mut q, VIRTIO_BLK_T_IN, 0);
     assert_eq!(q.wait_used(1), 1);
     assert_eq!(
         q.used_elem(0).1,
@@ -335,14 +340,7 @@ fn a_request_scattered_over_many_segments_reads_and_writes_in_order() {
         assert_eq!(b, pattern[at..at + 4096], "segment {i}");
     }
     // The same segments written back at sector 128.
-    h[..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
-    h[8..].copy_from_slice(&128u64.to_le_bytes());
-    d.mem.write_slice(&h, GuestAddress(HDR)).unwrap();
-    let mut bufs = vec![(HDR, 16, false)];
-    bufs.extend((0..16).map(|i| (seg(i), 4096, false)));
-    bufs.push((STATUS, 1, true));
-    q.add_chain(&bufs);
-    d.kick(0);
+    submit(&mut d, &mut q, VIRTIO_BLK_T_OUT, 128);
     assert_eq!(q.wait_used(2), 2);
     assert_eq!(d.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
     let on_disk = std::fs::read(img.path()).unwrap();

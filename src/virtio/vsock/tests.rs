@@ -167,6 +167,26 @@ impl Guest {
         assert_eq!(self.tx.wait_used(n + 1), n + 1, "tx packet consumed");
     }
 
+    /// A host client's `CONNECT 1024`, accepted by the guest's listener with
+    /// `buf_alloc` of credit; returns the client, past its `OK` line, and
+    /// the host port.
+    fn open_from_host(&mut self, buf_alloc: u32) -> (UnixStream, u32) {
+        let mut host = UnixStream::connect(&self.path).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        let (req, _) = self.recv().expect("a connection request");
+        let hp = req.src_port;
+        let response = Hdr {
+            src_port: 1024,
+            dst_port: hp,
+            op: op::RESPONSE,
+            buf_alloc,
+            ..Default::default()
+        };
+        self.send(response, &[]);
+        assert_eq!(read_line(&mut host), format!("OK {hp}"));
+        (host, hp)
+    }
+
     /// The next packet the device put on the rx queue (waits up to 5 s).
     fn recv(&mut self) -> Option<(Hdr, Vec<u8>)> {
         if self.rx.wait_used(self.seen + 1) <= self.seen {
@@ -372,10 +392,7 @@ mod streams;
 #[test]
 fn guest_data_over_several_descriptors_reaches_the_host_whole() {
     let mut g = Guest::new();
-    let mut host = UnixStream::connect(&g.path).unwrap();
-    host.write_all(b"CONNECT 1024\n").unwrap();
-    let (req, _) = g.recv().expect("a connection request");
-    let hp = req.src_port;
+    let (mut host, hp) = g.open_from_host(1 << 20);
     let guest = |op| Hdr {
         src_port: 1024,
         dst_port: hp,
@@ -383,8 +400,6 @@ fn guest_data_over_several_descriptors_reaches_the_host_whole() {
         buf_alloc: 1 << 20,
         ..Default::default()
     };
-    g.send(guest(op::RESPONSE), &[]);
-    assert_eq!(read_line(&mut host), format!("OK {hp}"));
     // 60 KiB in 15 page fragments, then 5000 bytes in 3 uneven pieces.
     let big: Vec<u8> = (0..60 * 1024u32)
         .map(|i| (i * 31 + i / 4096) as u8)
