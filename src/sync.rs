@@ -1,6 +1,6 @@
 //! Locking shared device state.
 
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 /// Locks `m`, taking the data even if a thread panicked while holding it:
@@ -8,6 +8,17 @@ use std::time::{Duration, Instant};
 /// thread must not also stop the tear-down that resets the devices.
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits on `cv` for at most `timeout`, taking the data back like [`lock`]
+/// even if a thread panicked while holding it.
+pub fn wait_timeout<'a, T>(
+    cv: &Condvar,
+    g: MutexGuard<'a, T>,
+    timeout: Duration,
+) -> MutexGuard<'a, T> {
+    cv.wait_timeout(g, timeout)
+        .map_or_else(|e| e.into_inner().0, |(g, _)| g)
 }
 
 /// Locks `m` like [`lock`], but gives up after `deadline`: tear-down uses

@@ -18,7 +18,7 @@ use crate::arch::x86_64::boot::BootEntry;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Buses;
 use crate::exit::{ExitReason, ExitSignal};
-use crate::sync::lock;
+use crate::sync::{lock, wait_timeout};
 
 /// Errors creating or configuring vCPUs.
 #[derive(Debug, thiserror::Error)]
@@ -295,11 +295,7 @@ impl VcpuControl {
         p.1 += 1;
         self.cv.notify_all();
         while p.0 && !self.exit.requested() {
-            p = self
-                .cv
-                .wait_timeout(p, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            p = wait_timeout(&self.cv, p, Duration::from_millis(100));
         }
         p.1 -= 1;
     }
@@ -379,12 +375,7 @@ impl VcpuSet {
             self.kick();
             ended = lock(&self.control.ended);
             // Woken by the last vCPU's end; re-kick one that was not in KVM_RUN yet.
-            ended = self
-                .control
-                .ended_cv
-                .wait_timeout(ended, Duration::from_millis(2))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            ended = wait_timeout(&self.control.ended_cv, ended, Duration::from_millis(2));
         }
         // Every thread is out of its loop: what is left of each is its drop.
         let all_ended = *ended >= n;

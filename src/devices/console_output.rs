@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::sync::lock;
+use crate::sync::{lock, wait_timeout};
 
 /// Guest output held while the sink is slow: 1 MiB.
 pub const CONSOLE_BUFFER_BYTES: usize = 1 << 20;
@@ -145,12 +145,7 @@ impl ConsoleOutput {
                 let Some(left) = end.checked_duration_since(Instant::now()) else {
                     break;
                 };
-                s = self
-                    .shared
-                    .done_cv
-                    .wait_timeout(s, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                s = wait_timeout(&self.shared.done_cv, s, left);
             }
             let done = s.done;
             drop(s);

@@ -44,11 +44,7 @@ impl DmaGate {
             if self.exit.requested() {
                 return Err("the VM is stopping".into());
             }
-            done = self
-                .cv
-                .wait_timeout(done, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            done = crate::sync::wait_timeout(&self.cv, done, Duration::from_millis(50));
         }
     }
 }
