@@ -165,6 +165,10 @@ impl Vcpu {
         }
         while !exit.requested() {
             control.park_while_paused();
+            // A stop ends a park too: then the guest must not run again.
+            if exit.requested() {
+                break;
+            }
             match self.fd.run() {
                 Ok(VcpuExit::InternalError) => {
                     exit.request(ExitReason::VcpuError(self.internal_error()))

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::config::SerialMode;
 use crate::testing::{skip, tiny, MockVfio};
 
 /// One VM at a time: the tests count this process's vCPU threads.
@@ -84,6 +85,42 @@ fn an_error_after_the_vcpus_start_tears_everything_down() {
         "reset at tear-down (vfio-pci reset it when it was opened)"
     );
     assert_eq!(Arc::strong_count(&mock), 1, "the device model is gone");
+}
+
+#[test]
+fn a_stop_while_paused_does_not_run_the_guest_again() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = kvm_ioctls::Kvm::new() {
+        return skip("vmm::tests", &format!("/dev/kvm not usable: {e}"));
+    }
+    // A guest that makes an I/O exit at every step (a UART that discards).
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("flood");
+    std::fs::write(&kernel, tiny::elf64(&tiny::tiny_flood_code(b'x'), false)).unwrap();
+    let mut cfg = VmConfig::new(kernel);
+    cfg.memory = 64 << 20;
+    cfg.serial = SerialMode::Null;
+    let mut vmm = Vmm::create_vm(&cfg).unwrap();
+    vmm.load_kernel(&cfg).unwrap();
+    vmm.attach_legacy_devices(&cfg).unwrap();
+    vmm.create_vcpus(&cfg).unwrap();
+    vmm.boot().unwrap();
+    let exits = |vmm: &Vmm| -> u64 { vmm.control.exit_counts().iter().map(|(_, n)| n).sum() };
+    let start = std::time::Instant::now();
+    while exits(&vmm) < 100 && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    vmm.pause().unwrap();
+    let parked = exits(&vmm);
+    assert!(parked >= 100, "the guest ran: {parked} exits");
+    vmm.exit_signal().request(ExitReason::Stopped);
+    vmm.shutdown();
+    assert_eq!(vcpu_threads(), 0);
+    assert_eq!(
+        exits(&vmm),
+        parked,
+        "a parked vCPU entered the guest after the stop"
+    );
 }
 
 #[test]
