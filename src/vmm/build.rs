@@ -56,16 +56,9 @@ impl Vmm {
         log::info!("guest RAM: {} MiB in {pages}", cfg.memory >> 20);
         // One mapper for the VM: it hands out the memory slot numbers.
         let mapper = Arc::new(KvmGuestMapper::new(vm.clone()));
-        // Registering RAM with KVM waits for an SRCU grace period (about
-        // 4 ms here, whatever the size): done beside the rest of the build
-        // and waited for before the vCPUs can start (`wait_ram_slots`).
-        let ram_slots = {
-            let (mapper, mem) = (mapper.clone(), mem.clone());
-            std::thread::Builder::new()
-                .name("ram-slots".into())
-                .spawn(move || mapper.register_ram(&mem))
-                .map_err(|e| VmmError::Os("cannot start the memory slot thread", e))?
-        };
+        // RAM first, then the irqchip (see `vm::create_irqchip`).
+        mapper.register_ram(&mem)?;
+        vm::create_irqchip(&vm)?;
         let exit =
             Arc::new(ExitSignal::new().map_err(|e| VmmError::Os("cannot create an eventfd", e))?);
         Ok(Vmm {
@@ -89,7 +82,6 @@ impl Vmm {
             backend: None,
             dma_gate: None,
             dma_thread: None,
-            ram_slots: Some(ram_slots),
             router: None,
             bars: None,
             container: None,
@@ -333,18 +325,6 @@ impl Vmm {
             .map_err(|e| VmmError::Os("cannot start the DMA mapping thread", e))?;
         self.dma_thread = Some(thread);
         Ok(())
-    }
-
-    /// Waits until guest RAM is in KVM's memory slots (see `create_vm`).
-    pub(super) fn wait_ram_slots(&mut self) -> Result<(), VmmError> {
-        match self.ram_slots.take().map(|t| t.join()) {
-            None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(e.into()),
-            Some(Err(_)) => Err(VmmError::Os(
-                "the memory slot thread failed",
-                std::io::Error::other("it panicked"),
-            )),
-        }
     }
 
     /// Creates and configures the vCPUs; vCPU 0 gets the boot state.

@@ -140,8 +140,6 @@ pub struct Vmm {
     dma_gate: Option<Arc<crate::vfio::dma_gate::DmaGate>>,
     /// The thread mapping guest RAM; it hands the DMA space back when done.
     dma_thread: Option<std::thread::JoinHandle<Box<dyn DmaSpace>>>,
-    /// The thread putting guest RAM into KVM's memory slots.
-    ram_slots: Option<std::thread::JoinHandle<Result<(), crate::vm::VmError>>>,
     root: Option<Arc<Mutex<PciRoot>>>,
     buses: Arc<Buses>,
     exit: Arc<ExitSignal>,
@@ -170,7 +168,6 @@ impl Vmm {
         vmm.attach_virtio_devices(&cfg.virtio)?;
         vmm.map_dma()?;
         vmm.create_vcpus(cfg)?;
-        vmm.wait_ram_slots()?;
         log::info!("VM built in {} ms", started.elapsed().as_millis());
         Ok(vmm)
     }
@@ -190,7 +187,6 @@ impl Vmm {
         if self.state != VmState::Created {
             return Err(VmmError::State(self.state, "boot"));
         }
-        self.wait_ram_slots()?;
         vcpu::install_kick_handler()?;
         let term = RawTerminal::enter();
         let raw = term.is_raw();
@@ -282,9 +278,6 @@ impl Vmm {
             log::debug!("tear-down: {s}");
             lock(&journal).push(s);
         };
-        if let Err(e) = self.wait_ram_slots() {
-            log::debug!("tear-down: {e}");
-        }
         if let Some(mut set) = self.running.take() {
             if !self.exit.requested() {
                 self.exit.request(ExitReason::Stopped);
