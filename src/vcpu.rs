@@ -15,6 +15,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::boot::BootEntry;
+use crate::arch::x86_64::tsc::TscRate;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Buses;
 use crate::exit::{ExitReason, ExitSignal};
@@ -111,19 +112,22 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
 
 impl Vcpu {
     /// Creates and configures vCPU `id` of `count`; vCPU 0 gets the boot state.
+    /// `tsc` says whether it may have the TSC-deadline timer.
     pub fn new(
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         supported_cpuid: &CpuId,
-        id: u8,
-        count: u8,
+        (id, count): (u8, u8),
+        tsc: &TscRate,
         boot: &BootEntry,
     ) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|e| VcpuError::Create(id, e))?;
+        let tsc_khz = TscRate::vcpu_khz(&fd);
         let extras = cpuid::CpuidExtras {
-            tsc_khz: fd.get_tsc_khz().ok().filter(|&khz| khz > 0),
+            tsc_khz,
+            tsc_deadline: tsc.deadline_for(tsc_khz),
         };
         fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, id, count, &extras))
             .map_err(|e| VcpuError::Cpuid(id, e))?;

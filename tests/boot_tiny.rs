@@ -141,7 +141,7 @@ fn guest_cpuid_has_the_timing_leaf() {
     let queries = [(1, 2), (0x4000_0000, 0), (0x4000_0010, 0), (0x4000_0010, 1)];
     let code = tiny_cpuid_code(&queries, 0x34);
     let test = "guest_cpuid_has_the_timing_leaf";
-    let Some(out) = boot_tiny(test, &elf64(&code, false), &[], &[]) else {
+    let Some(out) = boot_tiny(test, &elf64(&code, false), &[], &[("RUST_LOG", "info")]) else {
         return;
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -158,13 +158,29 @@ fn guest_cpuid_has_the_timing_leaf() {
         .iter()
         .find(|e| e.function == 1)
         .unwrap();
+    // A VM pinned to the host's TSC rate the way vflaunch pins it:
+    // KVM_SET_TSC_KHZ (_IO(KVMIO, 0xa2)) with 0 on the VM, before any vCPU.
     let vm = kvm.create_vm().unwrap();
+    let set_tsc_khz =
+        vmm_sys_util::ioctl::ioctl_expr(vmm_sys_util::ioctl::_IOC_NONE, 0xAE, 0xa2, 0);
+    // SAFETY: `vm` is a KVM VM fd; the ioctl takes its argument by value.
+    let pinned = unsafe { vmm_sys_util::ioctl::ioctl_with_val(&vm, set_tsc_khz, 0) } == 0;
     let khz = vm.create_vcpu(0).unwrap().get_tsc_khz().unwrap_or(0);
     assert_ne!(reg(0) & (1 << 31), 0, "hypervisor bit");
+    // The TSC-deadline bit: offered when KVM emulates the timer and the
+    // VM's TSC rate could be pinned to the host's, and the log says which.
+    let deadline = reg(0) & (1 << 24) != 0;
+    let offered = stderr.contains("TSC-deadline timer offered");
     assert_eq!(
-        reg(0) & (1 << 24),
-        leaf1.ecx & (1 << 24),
-        "the TSC-deadline bit as KVM lists it, not added"
+        deadline,
+        offered || leaf1.ecx & (1 << 24) != 0,
+        "stderr: {stderr}"
+    );
+    let deadline_cap = vm.check_extension_raw(kvm_bindings::KVM_CAP_TSC_DEADLINE_TIMER.into()) > 0;
+    assert_eq!(
+        offered,
+        deadline_cap && pinned && khz != 0,
+        "KVM: TSC-deadline {deadline_cap}, rate pinned {pinned}, {khz} kHz; stderr: {stderr}"
     );
     if khz == 0 {
         skip(

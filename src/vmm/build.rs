@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{VmState, Vmm, VmmError};
 use crate::arch::x86_64::layout::{self, GuestLayout};
+use crate::arch::x86_64::tsc::TscRate;
 use crate::arch::x86_64::{acpi, boot};
 use crate::config::{SerialMode, VmConfig};
 use crate::devices::acpi_pm::AcpiPm;
@@ -337,8 +338,22 @@ impl Vmm {
             self.state,
             "create vCPUs before loading the kernel",
         ))?;
+        let tsc = TscRate::pin_to_host(&self.vm);
+        match tsc.pinned_khz {
+            Some(khz) if tsc.deadline_timer => {
+                log::info!("tsc: vCPUs count at the host's {khz} kHz; TSC-deadline timer offered")
+            }
+            _ => log::info!("tsc: vCPUs' TSC rate not pinned to the host's; no TSC-deadline timer"),
+        }
         for id in 0..cfg.cpus {
-            let v = Vcpu::new(&self.vm, &self.mem, &supported, id, cfg.cpus, &entry)?;
+            let v = Vcpu::new(
+                &self.vm,
+                &self.mem,
+                &supported,
+                (id, cfg.cpus),
+                &tsc,
+                &entry,
+            )?;
             self.vcpus.push(v);
         }
         Ok(())

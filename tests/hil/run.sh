@@ -376,6 +376,8 @@ builtin_checks() { # run name
     absent "$1: L2's init loaded no module (no insmod)" 'L2: insmod '
     check "$1: L2 has no module loaded (CONFIG_MODULES off, no /proc/modules)" 'L2: modules loaded: 0 '
     check "$1: launch -> L2 /init measured" 'L1: launch -> L2 /init [0-9.]+s'
+    check "$1: the vCPUs' TSC rate is pinned to L1's; TSC-deadline timer offered" "tsc: vCPUs count at the host's [0-9]+ kHz; TSC-deadline timer offered"
+    check "$1: L2 runs its local APIC timer in TSC-deadline mode" 'L2: timer: .*TSC deadline timer available'
     check "$1: vflaunch exited with 0" "L1: RUN $1 VFLAUNCH_EXIT=0\$"
 }
 

@@ -1,13 +1,12 @@
 //! CPUID: start from what KVM supports, add the hypervisor timing leaf and
-//! patch the per-vCPU topology bits.
+//! the TSC-deadline timer, and patch the per-vCPU topology bits.
 //!
 //! The timing leaf ([`LEAF_HV_TIMING`]: TSC and APIC bus frequency in kHz,
 //! the convention VMware started and other hypervisors follow) spares a
 //! guest that reads it the TSC calibration. The TSC-deadline timer, which
-//! KVM emulates but does not list, is not added: under a KVM whose TSC runs
-//! in catch-up mode (the rig's L1: "user requested TSC rate below hardware
-//! speed") the guest's deadline timers stopped firing. Linux then calibrates
-//! the local APIC timer by polling the TSC (kvmclock gives its frequency).
+//! KVM emulates but does not list, spares Linux its local APIC timer
+//! calibration (100 ms of polling); it is offered only to a vCPU whose TSC
+//! counts at the rate it reports (see [`super::tsc`]).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -22,6 +21,8 @@ pub const LEAF_HV_TIMING: u32 = 0x4000_0010;
 const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
 /// CPUID.1:ECX bit 31, "running under a hypervisor".
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 24, the local APIC's TSC-deadline timer mode.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.1:EDX bit 28, HTT: EBX[23:16] holds the logical processor count.
 const EDX_HTT: u32 = 1 << 28;
 
@@ -30,6 +31,8 @@ const EDX_HTT: u32 = 1 << 28;
 pub struct CpuidExtras {
     /// The vCPU's TSC frequency (`KVM_GET_TSC_KHZ`), if KVM told it.
     pub tsc_khz: Option<u32>,
+    /// Offer the TSC-deadline timer ([`super::tsc::TscRate::deadline_for`]).
+    pub tsc_deadline: bool,
 }
 
 /// Patches one entry for vCPU `id` of `count`.
@@ -39,6 +42,9 @@ pub fn patch_entry(entry: &mut kvm_cpuid_entry2, id: u8, count: u8, extras: &Cpu
             entry.ebx =
                 (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
             entry.ecx |= ECX_HYPERVISOR;
+            if extras.tsc_deadline {
+                entry.ecx |= ECX_TSC_DEADLINE;
+            }
             if count > 1 {
                 entry.edx |= EDX_HTT;
             }
@@ -97,6 +103,13 @@ mod tests {
         assert_eq!(e.ebx & 0xffff, 0x0800);
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e.edx & EDX_HTT, 0);
+        assert_eq!(e.ecx & ECX_TSC_DEADLINE, 0, "not offered");
+        let offer = CpuidExtras {
+            tsc_deadline: true,
+            ..Default::default()
+        };
+        patch_entry(&mut e, 3, 4, &offer);
+        assert_ne!(e.ecx & ECX_TSC_DEADLINE, 0, "offered");
     }
 
     #[test]
@@ -133,6 +146,7 @@ mod tests {
             CpuId::from_entries(&[leaf(1, 0), leaf(LEAF_HV_BASE, 0x4000_0001)]).unwrap();
         let extras = CpuidExtras {
             tsc_khz: Some(2_345_678),
+            tsc_deadline: false,
         };
         let c = vcpu_cpuid(&supported, 0, 2, &extras);
         let get = |f: u32| *c.as_slice().iter().find(|e| e.function == f).unwrap();
@@ -154,6 +168,7 @@ mod tests {
     fn no_timing_leaf_without_a_signature_leaf_or_a_frequency() {
         let extras = CpuidExtras {
             tsc_khz: Some(1000),
+            tsc_deadline: false,
         };
         let c = vcpu_cpuid(&CpuId::from_entries(&[leaf(1, 0)]).unwrap(), 0, 1, &extras);
         assert_eq!(c.as_slice().len(), 1, "nothing announces the leaf");

@@ -1,7 +1,8 @@
-//! x86_64 specifics: memory layout, boot protocol, registers, CPUID, ACPI.
+//! x86_64 specifics: memory layout, boot protocol, registers, CPUID, the TSC rate, ACPI.
 
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod layout;
 pub mod regs;
+pub mod tsc;
