@@ -53,9 +53,8 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
 /// a KVM that frees the old bus through SRCU (the 6.18 host of this
 /// project does) leaves a grace period in flight for 10-20 ms. A memory
 /// slot set in that time waits for it: 7 ms here right after the irqchip,
-/// 0.03-0.3 ms before it, whatever the size. Firecracker orders them the
-/// same way. (Closing the VM waits for it too: a guest that ends within
-/// 20 ms of its start pays it at exit instead.)
+/// 0.03-0.3 ms before it, whatever the size. (Closing the VM waits for it
+/// too: a guest that ends within 20 ms of its start pays it at exit instead.)
 pub fn create_irqchip(vm: &VmFd) -> Result<(), VmError> {
     vm.create_irq_chip()
         .map_err(|e| VmError::Kvm("create the in-kernel irqchip", e))
