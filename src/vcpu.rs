@@ -125,9 +125,16 @@ impl Vcpu {
             .create_vcpu(u64::from(id))
             .map_err(|e| VcpuError::Create(id, e))?;
         let tsc_khz = TscRate::vcpu_khz(&fd);
+        let tsc_deadline = tsc.deadline_for(tsc_khz);
+        if tsc.deadline_timer && tsc.pinned_khz.is_some() && !tsc_deadline {
+            log::warn!(
+                "vCPU {id}: KVM reports {tsc_khz:?} kHz, not the pinned {:?}: no TSC-deadline timer",
+                tsc.pinned_khz
+            );
+        }
         let extras = cpuid::CpuidExtras {
             tsc_khz,
-            tsc_deadline: tsc.deadline_for(tsc_khz),
+            tsc_deadline,
         };
         fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, id, count, &extras))
             .map_err(|e| VcpuError::Cpuid(id, e))?;

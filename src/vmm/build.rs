@@ -339,12 +339,6 @@ impl Vmm {
             "create vCPUs before loading the kernel",
         ))?;
         let tsc = TscRate::pin_to_host(&self.vm);
-        match tsc.pinned_khz {
-            Some(khz) if tsc.deadline_timer => {
-                log::info!("tsc: vCPUs count at the host's {khz} kHz; TSC-deadline timer offered")
-            }
-            _ => log::info!("tsc: vCPUs' TSC rate not pinned to the host's; no TSC-deadline timer"),
-        }
         for id in 0..cfg.cpus {
             let v = Vcpu::new(
                 &self.vm,

@@ -35,9 +35,26 @@ pub struct TscRate {
 }
 
 impl TscRate {
-    /// Gives the VM the host's current TSC rate as its vCPUs' default. Call
-    /// it before the first vCPU is created (KVM refuses it after).
+    /// Gives the VM the host's current TSC rate as its vCPUs' default, and
+    /// logs the outcome. Call it before the first vCPU is created (KVM
+    /// refuses it after).
     pub fn pin_to_host(vm: &VmFd) -> Self {
+        let rate = Self::pin(vm);
+        match (rate.pinned_khz, rate.deadline_timer) {
+            (Some(khz), true) => {
+                log::info!("tsc: vCPUs count at the host's {khz} kHz; TSC-deadline timer offered")
+            }
+            (Some(khz), false) => log::info!(
+                "tsc: vCPUs count at the host's {khz} kHz; KVM has no TSC-deadline timer"
+            ),
+            (None, _) => log::info!(
+                "tsc: the vCPUs' TSC rate could not be pinned to the host's; no TSC-deadline timer"
+            ),
+        }
+        rate
+    }
+
+    fn pin(vm: &VmFd) -> Self {
         let deadline_timer = vm.check_extension_raw(KVM_CAP_TSC_DEADLINE_TIMER.into()) > 0;
         // Not gated on KVM_CAP_VM_TSC_CONTROL: KVM reports that only where
         // it can scale the TSC, but takes the host's own rate without it
