@@ -174,9 +174,10 @@ impl Vcpu {
             exit.request(ExitReason::VcpuError(format!("vCPU {}: {why}", self.id)));
             return;
         }
-        while !exit.requested() {
+        loop {
             control.park_while_paused();
-            // A stop ends a park too: then the guest must not run again.
+            // Checked after the park: a stop ends a park too, and then the
+            // guest must not run again.
             if exit.requested() {
                 break;
             }

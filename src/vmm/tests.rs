@@ -33,21 +33,33 @@ fn vcpu_threads() -> usize {
         .count()
 }
 
-/// A VM with a guest that prints and spins, two vCPUs and the mock VF, built
-/// step by step as `Vmm::new` does (the VF comes from the mock, not a container).
-fn spinning_vm(dir: &tempfile::TempDir) -> Option<(Vmm, Arc<MockVfio>)> {
+/// A 64 MiB VM running the tiny guest `code`, with `cfg` adjusted by `with`,
+/// built as `Vmm::new` starts: memory, kernel, legacy devices. `None`
+/// (the test skipped) without a usable /dev/kvm.
+fn tiny_vm(
+    dir: &tempfile::TempDir,
+    code: &[u8],
+    with: impl FnOnce(&mut VmConfig),
+) -> Option<(Vmm, VmConfig)> {
     if let Err(e) = kvm_ioctls::Kvm::new() {
         skip("vmm::tests", &format!("/dev/kvm not usable: {e}"));
         return None;
     }
-    let kernel = dir.path().join("spin");
-    std::fs::write(&kernel, tiny::elf64(&tiny::tiny_spin_code(b"up\n"), false)).unwrap();
+    let kernel = dir.path().join("tiny");
+    std::fs::write(&kernel, tiny::elf64(code, false)).unwrap();
     let mut cfg = VmConfig::new(kernel);
     cfg.memory = 64 << 20;
-    cfg.cpus = 2;
+    with(&mut cfg);
     let mut vmm = Vmm::create_vm(&cfg).unwrap();
     vmm.load_kernel(&cfg).unwrap();
     vmm.attach_legacy_devices(&cfg).unwrap();
+    Some((vmm, cfg))
+}
+
+/// A VM with a guest that prints and spins, two vCPUs and the mock VF, built
+/// step by step as `Vmm::new` does (the VF comes from the mock, not a container).
+fn spinning_vm(dir: &tempfile::TempDir) -> Option<(Vmm, Arc<MockVfio>)> {
+    let (mut vmm, cfg) = tiny_vm(dir, &tiny::tiny_spin_code(b"up\n"), |c| c.cpus = 2)?;
     vmm.attach_pci().unwrap();
     let mock = MockVfio::igbvf();
     vmm.attach_backend("0000:00:12.0", mock.clone()).unwrap();
@@ -90,19 +102,12 @@ fn an_error_after_the_vcpus_start_tears_everything_down() {
 #[test]
 fn a_stop_while_paused_does_not_run_the_guest_again() {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = kvm_ioctls::Kvm::new() {
-        return skip("vmm::tests", &format!("/dev/kvm not usable: {e}"));
-    }
     // A guest that makes an I/O exit at every step (a UART that discards).
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("flood");
-    std::fs::write(&kernel, tiny::elf64(&tiny::tiny_flood_code(b'x'), false)).unwrap();
-    let mut cfg = VmConfig::new(kernel);
-    cfg.memory = 64 << 20;
-    cfg.serial = SerialMode::Null;
-    let mut vmm = Vmm::create_vm(&cfg).unwrap();
-    vmm.load_kernel(&cfg).unwrap();
-    vmm.attach_legacy_devices(&cfg).unwrap();
+    let flood = tiny::tiny_flood_code(b'x');
+    let Some((mut vmm, cfg)) = tiny_vm(&dir, &flood, |c| c.serial = SerialMode::Null) else {
+        return;
+    };
     vmm.create_vcpus(&cfg).unwrap();
     vmm.boot().unwrap();
     let exits = |vmm: &Vmm| -> u64 { vmm.control.exit_counts().iter().map(|(_, n)| n).sum() };
