@@ -52,7 +52,7 @@ impl Vmm {
         let pages = if cfg.hugepages {
             "2 MiB huge pages"
         } else {
-            "4 KiB pages"
+            "4 KiB pages, transparent huge pages advised"
         };
         log::info!("guest RAM: {} MiB in {pages}", cfg.memory >> 20);
         // One mapper for the VM: it hands out the memory slot numbers.
