@@ -9,6 +9,7 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VmState, Vmm, VmmError};
+use crate::arch::x86_64::boot::BootEntry;
 use crate::arch::x86_64::layout::{self, GuestLayout};
 use crate::arch::x86_64::tsc::TscRate;
 use crate::arch::x86_64::{acpi, boot};
@@ -100,9 +101,16 @@ impl Vmm {
         })
     }
 
-    /// The kernel and the firmware tables, before any device is touched: a
-    /// bad kernel path or format fails here, with nothing to undo.
+    /// The kernel and the firmware tables (tests build a VM step by step;
+    /// `Vmm::new` loads the kernel while the devices open).
+    #[cfg(test)]
     pub(super) fn load_kernel(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
+        self.boot_entry = Some(self.kernel_entry(cfg)?);
+        Ok(())
+    }
+
+    /// Loads the kernel and the firmware tables into guest RAM; the boot entry.
+    fn kernel_entry(&self, cfg: &VmConfig) -> Result<BootEntry, VmmError> {
         let entry = boot::load(
             &self.mem,
             &self.layout,
@@ -112,8 +120,7 @@ impl Vmm {
         )?;
         log::info!("kernel entry {:#x} ({:?})", entry.entry, entry.mode);
         acpi::write_tables(&self.mem, cfg.cpus, self.layout.pci())?;
-        self.boot_entry = Some(entry);
-        Ok(())
+        Ok(entry)
     }
 
     fn add_pio(&self, port: u16, len: u16, dev: SharedDevice) -> Result<(), VmmError> {
@@ -214,35 +221,47 @@ impl Vmm {
     }
 
     /// Opens each device through one DMA space (a VFIO container, or an
-    /// iommufd IOAS) and puts it on the bus.
-    pub(super) fn attach_vfio_devices(
+    /// iommufd IOAS) and puts it on the bus; loads the kernel and creates the
+    /// vCPUs meanwhile. Opening a device makes vfio-pci reset it, and an FLR
+    /// sleeps 100 ms: the devices open side by side, on their own threads,
+    /// while this thread does the VM's other work. A kernel or vCPU error is
+    /// reported first, then the first device error in command-line order;
+    /// what was opened is torn down when `self` drops.
+    pub(super) fn load_kernel_opening_devices(
         &mut self,
         cfg: &VmConfig,
         checked: &Checked,
     ) -> Result<(), VmmError> {
-        if checked.devices.is_empty() {
-            return Ok(());
+        if !checked.devices.is_empty() {
+            let space: Box<dyn DmaSpace> = match checked.backend {
+                Backend::Group => Box::new(Container::new(&self.vm)?),
+                Backend::Iommufd => Box::new(IommufdSpace::new(&self.vm, cfg.preopened.iommufd)?),
+            };
+            self.backend = Some(space.backend());
+            self.container = Some(space);
         }
-        let space: Box<dyn DmaSpace> = match checked.backend {
-            Backend::Group => Box::new(Container::new(&self.vm)?),
-            Backend::Iommufd => Box::new(IommufdSpace::new(&self.vm, cfg.preopened.iommufd)?),
-        };
-        self.backend = Some(space.backend());
-        let space: &dyn DmaSpace = &**self.container.insert(space);
-        // Opening a device makes vfio-pci reset it (an FLR waits 100 ms):
-        // the devices are opened side by side, and the first error in
-        // command-line order is the one reported.
-        let results: Vec<_> = std::thread::scope(|s| {
-            let opening: Vec<_> = checked
-                .devices
-                .iter()
-                .map(|d| s.spawn(move || space.open(d)))
-                .collect();
-            opening
+        let this = &*self;
+        let (built, results): (Result<_, VmmError>, Vec<_>) = std::thread::scope(|s| {
+            let opening: Vec<_> = match this.container.as_deref() {
+                Some(space) => checked
+                    .devices
+                    .iter()
+                    .map(|d| s.spawn(move || space.open(d)))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let built = this
+                .kernel_entry(cfg)
+                .and_then(|entry| Ok((entry, this.new_vcpus(cfg, &entry)?)));
+            let results = opening
                 .into_iter()
                 .map(|h| h.join().unwrap_or(Err(ContainerError::OpenPanicked)))
-                .collect()
+                .collect();
+            (built, results)
         });
+        let (entry, vcpus) = built?;
+        self.boot_entry = Some(entry);
+        self.vcpus = vcpus;
         let mut opened = Vec::new();
         for (d, r) in checked.devices.iter().zip(results) {
             opened.push((d.bdf.to_string(), Arc::new(r?), d.group));
@@ -328,28 +347,30 @@ impl Vmm {
         Ok(())
     }
 
-    /// Creates and configures the vCPUs; vCPU 0 gets the boot state.
+    /// Creates and configures the vCPUs; vCPU 0 gets the boot state (tests;
+    /// `Vmm::new` creates them while the devices open).
+    #[cfg(test)]
     pub(super) fn create_vcpus(&mut self, cfg: &VmConfig) -> Result<(), VmmError> {
-        let supported = self
-            ._kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmmError::VmSetup("read supported CPUID", e))?;
         let entry = self.boot_entry.ok_or(VmmError::State(
             self.state,
             "create vCPUs before loading the kernel",
         ))?;
-        let tsc = TscRate::pin_to_host(&self.vm);
-        for id in 0..cfg.cpus {
-            let v = Vcpu::new(
-                &self.vm,
-                &self.mem,
-                &supported,
-                (id, cfg.cpus),
-                &tsc,
-                &entry,
-            )?;
-            self.vcpus.push(v);
-        }
+        self.vcpus = self.new_vcpus(cfg, &entry)?;
         Ok(())
+    }
+
+    /// The VM's vCPUs, configured; vCPU 0 starts at `entry`.
+    fn new_vcpus(&self, cfg: &VmConfig, entry: &BootEntry) -> Result<Vec<Vcpu>, VmmError> {
+        let supported = self
+            ._kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmmError::VmSetup("read supported CPUID", e))?;
+        let tsc = TscRate::pin_to_host(&self.vm);
+        (0..cfg.cpus)
+            .map(|id| {
+                Vcpu::new(&self.vm, &self.mem, &supported, (id, cfg.cpus), &tsc, entry)
+                    .map_err(VmmError::from)
+            })
+            .collect()
     }
 }

@@ -157,17 +157,16 @@ pub struct Vmm {
 
 impl Vmm {
     /// Builds the VM described by `cfg` with the checked `devices`: memory,
-    /// kernel and firmware tables, legacy devices, PCI and VFIO, DMA map, vCPUs.
+    /// legacy devices, PCI, VFIO (the kernel, firmware tables and vCPUs while
+    /// the devices reset), virtio, DMA map.
     pub fn new(cfg: &VmConfig, checked: &Checked) -> Result<Self, VmmError> {
         let started = Instant::now();
         let mut vmm = Vmm::create_vm(cfg)?;
-        vmm.load_kernel(cfg)?;
         vmm.attach_legacy_devices(cfg)?;
         vmm.attach_pci()?;
-        vmm.attach_vfio_devices(cfg, checked)?;
+        vmm.load_kernel_opening_devices(cfg, checked)?;
         vmm.attach_virtio_devices(&cfg.virtio)?;
         vmm.map_dma()?;
-        vmm.create_vcpus(cfg)?;
         log::info!("VM built in {} ms", started.elapsed().as_millis());
         Ok(vmm)
     }
