@@ -112,6 +112,8 @@ impl Controller {
                 500
             }
         };
+        self.cover_memlock()
+            .map_err(|e| Reply::error(500, error_chain(&e)))?;
         self.build(&devices)
             .map_err(|e| Reply::error(status(&e), error_chain(&e)))?;
         if let Err(e) = self.drop_privileges() {

@@ -157,6 +157,7 @@ impl Controller {
             .collect();
         self.spec = Some(Spec { config, ids, echo });
         self.events.emit("vm", "created", None);
+        self.cover_memlock()?;
         self.build(checked)?;
         // A signal while the VM was built: tear down in order, never boot.
         if let Some(Next::Exit(code)) = exit::take_signal().map(|s| self.on_signal(s)) {
@@ -322,6 +323,17 @@ impl Controller {
         self.vm = Some(vm);
         self.shut_down = false;
         Ok(())
+    }
+
+    /// Before a build with `--user`: guest RAM's pins fit the memlock limit
+    /// whenever the switch to the user reaches the pinning thread.
+    fn cover_memlock(&self) -> Result<(), crate::host::privileges::PrivilegeError> {
+        match &self.spec {
+            Some(spec) => {
+                crate::host::privileges::cover_memlock(self.opts.user, spec.config.memory)
+            }
+            None => Ok(()),
+        }
     }
 
     /// After the first build: no capability, no new privileges, maybe another user.

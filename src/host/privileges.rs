@@ -1,8 +1,15 @@
-//! Least privilege once the VM is built: /dev/kvm, the VFIO descriptors and
-//! the DMA pins are in hand, so the run needs no capability any more. The
-//! main thread (and every vCPU thread it starts afterwards) drops the
-//! bounding set, switches to `--user UID[:GID]` when vflaunch started as
-//! root, clears every capability set and sets `no_new_privs`.
+//! Least privilege once the VM is built: /dev/kvm and the VFIO descriptors
+//! are open and the DMA mapping has started, so the run needs no capability
+//! any more. The main thread (and every vCPU thread it starts afterwards)
+//! drops the bounding set, switches to `--user UID[:GID]` when vflaunch
+//! started as root, clears every capability set and sets `no_new_privs`.
+//!
+//! The DMA pinning runs on its own thread beside that switch. VFIO type1 and
+//! iommufd decide at each map call whether its pins are charged to
+//! RLIMIT_MEMLOCK (they are when the calling thread lacks CAP_IPC_LOCK, as
+//! it does once the user switch reaches it), so with `--user` vflaunch,
+//! still root, first raises its memlock limit to cover guest RAM
+//! ([`cover_memlock`]).
 
 use caps::CapSet;
 
@@ -49,6 +56,56 @@ fn check(what: &'static str, r: libc::c_int) -> Result<(), PrivilegeError> {
     }
 }
 
+/// Started as root with `--user`: raises RLIMIT_MEMLOCK (soft and hard) to at
+/// least `bytes`, so that guest RAM's DMA pins fit it whenever the switch to
+/// the user happens (see the module docs). Without CAP_SYS_RESOURCE the hard
+/// limit stays: the soft one goes up to it, and a warning says what to raise.
+/// Anything else: nothing to do.
+pub fn cover_memlock(user: Option<User>, bytes: u64) -> Result<(), PrivilegeError> {
+    // SAFETY: getuid has no arguments and cannot fail.
+    if user.is_none() || unsafe { libc::getuid() } != 0 {
+        return Ok(());
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which lives on this stack.
+    check("read RLIMIT_MEMLOCK", unsafe {
+        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim)
+    })?;
+    if lim.rlim_cur >= bytes {
+        return Ok(());
+    }
+    let set = |l: libc::rlimit| {
+        // SAFETY: setrlimit reads one rlimit from `l`, which lives on this stack.
+        check("raise RLIMIT_MEMLOCK", unsafe {
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &l)
+        })
+    };
+    let want = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: lim.rlim_max.max(bytes),
+    };
+    if set(want).is_ok() {
+        log::debug!(
+            "RLIMIT_MEMLOCK raised to {} MiB for the DMA pins",
+            bytes >> 20
+        );
+        return Ok(());
+    }
+    set(libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        ..lim
+    })?;
+    log::warn!(
+        "RLIMIT_MEMLOCK is {} MiB and cannot be raised without CAP_SYS_RESOURCE: with --user, guest RAM pinned after the switch counts against it; if the DMA mapping fails, raise it to {} MiB (ulimit -l)",
+        lim.rlim_max >> 20,
+        bytes.div_ceil(1 << 20)
+    );
+    Ok(())
+}
+
 /// Drops every privilege for the rest of the run (see the module docs).
 pub fn drop_all(user: Option<User>) -> Result<(), PrivilegeError> {
     let caps = caps::read(None, CapSet::Effective).map_err(PrivilegeError::Caps)?;
@@ -92,6 +149,57 @@ pub fn drop_all(user: Option<User>) -> Result<(), PrivilegeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn memlock() -> libc::rlimit {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into `lim`, which lives on this stack.
+        let r = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+        assert_eq!(r, 0);
+        lim
+    }
+
+    #[test]
+    fn with_a_user_root_raises_its_memlock_limit_to_cover_guest_ram() {
+        let before = memlock();
+        // SAFETY: getuid has no arguments and cannot fail.
+        if unsafe { libc::getuid() } != 0
+            || before.rlim_max == libc::RLIM_INFINITY
+            || before.rlim_max < 2 << 20
+        {
+            println!("SKIPPED: raising RLIMIT_MEMLOCK needs root and a finite limit");
+            return;
+        }
+        // Soft below hard (lowering needs no privilege), guest RAM above both.
+        let low = libc::rlimit {
+            rlim_cur: before.rlim_max - (1 << 20),
+            ..before
+        };
+        // SAFETY: setrlimit reads one rlimit from `low`, which lives on this stack.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &low) }, 0);
+        let want = before.rlim_max + (1 << 20);
+        cover_memlock(None, want).unwrap();
+        assert_eq!(memlock().rlim_cur, low.rlim_cur, "no --user: untouched");
+        let user = Some(User { uid: 107, gid: 107 });
+        cover_memlock(user, want).unwrap();
+        let after = memlock();
+        let can = caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE)
+            .unwrap_or(false);
+        if can {
+            assert_eq!(after.rlim_cur, want, "raised to guest RAM");
+            assert!(after.rlim_max >= want);
+        } else {
+            assert_eq!(
+                after.rlim_cur, before.rlim_max,
+                "best effort: up to the hard limit"
+            );
+            assert_eq!(after.rlim_max, before.rlim_max);
+        }
+        cover_memlock(user, after.rlim_cur - 1).unwrap();
+        assert_eq!(memlock().rlim_cur, after.rlim_cur, "never lowered");
+    }
 
     #[test]
     fn users_parse() {
