@@ -408,8 +408,8 @@ pub(crate) fn memlock_sufficient(limit: u64, cap_ipc_lock: bool, need: u64) -> b
     cap_ipc_lock || limit >= need
 }
 
-/// Checks that this process may lock `guest_memory` bytes for VFIO DMA.
-pub fn check_memlock(guest_memory: u64) -> Result<(), HostError> {
+/// This process's RLIMIT_MEMLOCK, soft and hard.
+pub(crate) fn memlock_rlimit() -> io::Result<libc::rlimit> {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -417,8 +417,14 @@ pub fn check_memlock(guest_memory: u64) -> Result<(), HostError> {
     // SAFETY: `rl` is a valid, writable rlimit that getrlimit fills in; it
     // touches no other memory.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 {
-        return Err(HostError::Memlock(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
+    Ok(rl)
+}
+
+/// Checks that this process may lock `guest_memory` bytes for VFIO DMA.
+pub fn check_memlock(guest_memory: u64) -> Result<(), HostError> {
+    let rl = memlock_rlimit().map_err(HostError::Memlock)?;
     let limit = if rl.rlim_cur == libc::RLIM_INFINITY {
         u64::MAX
     } else {

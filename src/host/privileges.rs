@@ -13,6 +13,8 @@
 
 use caps::CapSet;
 
+use super::checks::memlock_rlimit;
+
 /// The user to run as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct User {
@@ -66,14 +68,7 @@ pub fn cover_memlock(user: Option<User>, bytes: u64) -> Result<(), PrivilegeErro
     if user.is_none() || unsafe { libc::getuid() } != 0 {
         return Ok(());
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `lim`, which lives on this stack.
-    check("read RLIMIT_MEMLOCK", unsafe {
-        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim)
-    })?;
+    let lim = memlock_rlimit().map_err(|e| PrivilegeError::Os("read RLIMIT_MEMLOCK", e))?;
     if lim.rlim_cur >= bytes {
         return Ok(());
     }
@@ -151,14 +146,7 @@ mod tests {
     use super::*;
 
     fn memlock() -> libc::rlimit {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one rlimit into `lim`, which lives on this stack.
-        let r = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-        assert_eq!(r, 0);
-        lim
+        memlock_rlimit().unwrap()
     }
 
     #[test]
