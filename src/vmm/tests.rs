@@ -34,7 +34,7 @@ fn vcpu_threads() -> usize {
 }
 
 /// A 64 MiB VM running the tiny guest `code`, with `cfg` adjusted by `with`,
-/// built as `Vmm::new` starts: memory, kernel, legacy devices. `None`
+/// built as `Vmm::new` starts: memory, legacy devices, then the kernel. `None`
 /// (the test skipped) without a usable /dev/kvm.
 fn tiny_vm(
     dir: &tempfile::TempDir,
@@ -51,8 +51,8 @@ fn tiny_vm(
     cfg.memory = 64 << 20;
     with(&mut cfg);
     let mut vmm = Vmm::create_vm(&cfg).unwrap();
-    vmm.load_kernel(&cfg).unwrap();
     vmm.attach_legacy_devices(&cfg).unwrap();
+    vmm.load_kernel(&cfg).unwrap();
     Some((vmm, cfg))
 }
 
